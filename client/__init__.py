@@ -1,0 +1,1 @@
+"""The client pipeline and the music-analytics command line."""

@@ -1,0 +1,1 @@
+"""gRPC services: one shared bootstrap (common/) and one folder per service."""

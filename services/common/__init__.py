@@ -1,0 +1,1 @@
+"""What every service shares: config, logging, metrics, and the server bootstrap."""
