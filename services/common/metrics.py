@@ -16,16 +16,14 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     GCCollector,
+    Histogram,
     PlatformCollector,
     ProcessCollector,
 )
 
 # Codes are reported in CamelCase, as Go's codes.Code.String() does.
-_CODE_NAMES = {
-    code: "".join(part.capitalize() for part in code.name.split("_")) for code in grpc.StatusCode
-}
+_CODE_NAMES = {code: "".join(part.capitalize() for part in code.name.split("_")) for code in grpc.StatusCode}
 _CODE_NAMES[grpc.StatusCode.OK] = "OK"
 
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -70,40 +68,58 @@ class ServiceMetrics:
             registry=r,
         )
         self.msg_received = Counter(
-            "grpc_server_msg_received_total", "Total number of RPC stream messages received on the server.",
-            labels, registry=r,
+            "grpc_server_msg_received_total",
+            "Total number of RPC stream messages received on the server.",
+            labels,
+            registry=r,
         )
         self.msg_sent = Counter(
-            "grpc_server_msg_sent_total", "Total number of gRPC stream messages sent by the server.",
-            labels, registry=r,
+            "grpc_server_msg_sent_total",
+            "Total number of gRPC stream messages sent by the server.",
+            labels,
+            registry=r,
         )
         self.handling = Histogram(
             "grpc_server_handling_seconds",
             "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
-            labels, buckets=LATENCY_BUCKETS, registry=r,
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.events = Counter(
             "music_analytics_events_processed_total", "Listening events aggregated.", ("service",), registry=r
         )
         self.batches = Counter(
-            "music_analytics_batches_received_total", "Event batches (stream messages) received.", ("service",),
+            "music_analytics_batches_received_total",
+            "Event batches (stream messages) received.",
+            ("service",),
             registry=r,
         )
         self.batch_size = Histogram(
-            "music_analytics_batch_size_events", "Events per received batch.", ("service",),
-            buckets=BATCH_SIZE_BUCKETS, registry=r,
+            "music_analytics_batch_size_events",
+            "Events per received batch.",
+            ("service",),
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
         )
         self.rejected = Counter(
-            "music_analytics_rows_rejected_total", "Events or batches refused as invalid, by reason.",
-            ("service", "reason"), registry=r,
+            "music_analytics_rows_rejected_total",
+            "Events or batches refused as invalid, by reason.",
+            ("service", "reason"),
+            registry=r,
         )
         self.aggregation = Histogram(
-            "music_analytics_aggregation_seconds", "Time spent aggregating one batch or producing results.",
-            ("service",), buckets=LATENCY_BUCKETS, registry=r,
+            "music_analytics_aggregation_seconds",
+            "Time spent aggregating one batch or producing results.",
+            ("service",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.distinct_keys = Gauge(
-            "music_analytics_distinct_keys", "Distinct keys held by the most recently updated aggregation.",
-            ("service", "kind"), registry=r,
+            "music_analytics_distinct_keys",
+            "Distinct keys held by the most recently updated aggregation.",
+            ("service", "kind"),
+            registry=r,
         )
         self.inflight = Gauge(
             "music_analytics_inflight_streams", "Streaming calls in progress.", ("service",), registry=r
@@ -126,7 +142,14 @@ class ServiceMetrics:
             )
             for metric in (self.started, self.msg_received, self.msg_sent, self.handling):
                 metric.labels(*labels)
-            for code in ("OK", "InvalidArgument", "ResourceExhausted", "Internal", "Cancelled", "Unavailable"):
+            for code in (
+                "OK",
+                "InvalidArgument",
+                "ResourceExhausted",
+                "Internal",
+                "Cancelled",
+                "Unavailable",
+            ):
                 self.handled.labels(*labels, code)
 
 

@@ -94,7 +94,11 @@ class RunningService:
         spec.attach(self.server, self.metrics)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (spec.full_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (
+                spec.full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             self.server,
         )
         self.metrics.register_methods(spec.descriptor)
@@ -114,7 +118,11 @@ class RunningService:
         self.health.set(self.spec.full_name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving",
-            extra={"grpc_port": self.grpc_port, "metrics_port": self.metrics_port, "grpc_service": self.spec.full_name},
+            extra={
+                "grpc_port": self.grpc_port,
+                "metrics_port": self.metrics_port,
+                "grpc_service": self.spec.full_name,
+            },
         )
 
     def stop(self) -> None:

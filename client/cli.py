@@ -1,0 +1,286 @@
+"""The `music-analytics` command: run, serve, demo, generate, bench."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_OK, EXIT_SERVICE, EXIT_INPUT, EXIT_BAD_ROW = 0, 1, 2, 3
+DEFAULT_RESULTS = "results/run_grpc_metrics.json"
+DEFAULT_DATA = "data/stream_data.csv"
+
+
+def _add_run_arguments(p: argparse.ArgumentParser, data_required: bool) -> None:
+    p.add_argument(
+        "--data",
+        required=data_required,
+        default=None if data_required else DEFAULT_DATA,
+        help="CSV with header user_id,song_id,artist,duration,timestamp",
+    )
+    p.add_argument("--out", default=DEFAULT_RESULTS, help=f"results JSON path (default {DEFAULT_RESULTS})")
+    p.add_argument(
+        "--strict", action="store_true", help="stop at the first bad row (exit 3) instead of skipping it"
+    )
+    p.add_argument("--quiet", action="store_true", help="print no summary")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="music-analytics", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the pipeline against running services")
+    _add_run_arguments(run, data_required=True)
+    for name, port in (("mapreduce", 50051), ("userbehavior", 50053), ("recommendation", 50055)):
+        env = f"{name.upper()}_ADDR"
+        run.add_argument(
+            f"--{name}",
+            default=os.environ.get(env, f"localhost:{port}"),
+            help=f"gRPC target: host:port, ipv4:a:p,b:p or dns:///name:port (env {env})",
+        )
+    run.add_argument(
+        "--wait-ready",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for every service to report SERVING (default 10)",
+    )
+    run.add_argument(
+        "--pushgateway", metavar="URL", help="push the run's metrics to this Prometheus Pushgateway"
+    )
+    run.add_argument(
+        "--results-configmap", metavar="NAME", help="in Kubernetes: also write the summary to this ConfigMap"
+    )
+
+    serve = sub.add_parser("serve", help="run one service")
+    serve.add_argument("service", choices=("mapreduce", "userbehavior", "recommendation"))
+    serve.add_argument(
+        "--host", default=None, help="address to bind (default [::], env MUSIC_ANALYTICS_HOST)"
+    )
+    serve.add_argument("--port", type=int, default=None, help="gRPC port (env MUSIC_ANALYTICS_GRPC_PORT)")
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="Prometheus /metrics port (env MUSIC_ANALYTICS_METRICS_PORT)",
+    )
+    serve.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=None,
+        help="how long in-flight calls may finish after SIGTERM (env MUSIC_ANALYTICS_GRACE_SECONDS)",
+    )
+
+    demo = sub.add_parser("demo", help="start the services locally, run the pipeline, stop them")
+    _add_run_arguments(demo, data_required=False)
+    demo.add_argument("--replicas", type=int, default=1, help="replicas of MapReduce and UserBehavior")
+
+    gen = sub.add_parser("generate", help="write synthetic listening events")
+    gen.add_argument("--events", type=int, required=True)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--out", required=True)
+
+    bench = sub.add_parser("bench", help="benchmark the pipeline against DuckDB", add_help=False)
+    bench.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "demo":
+        return _demo(args)
+    if args.command == "generate":
+        from music_analytics.client.generate import generate
+
+        generate(args.out, args.events, args.seed)
+        return EXIT_OK
+    if args.command == "bench":
+        from music_analytics.client.bench import main as bench_main
+
+        return bench_main(args.args)
+    raise AssertionError(args.command)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from music_analytics.services.common.server import ServerConfig, serve
+    from music_analytics.services.registry import SERVICES
+
+    spec = SERVICES[args.service]
+    config = ServerConfig.from_env(
+        spec,
+        host=args.host,
+        grpc_port=args.port,
+        metrics_port=args.metrics_port,
+        grace_seconds=args.grace_seconds,
+    )
+    try:
+        serve(spec, config)
+    except OSError as exc:
+        print(f"music-analytics serve {args.service}: {exc}", file=sys.stderr)
+        return EXIT_SERVICE
+    return EXIT_OK
+
+
+def _progress_printer() -> object | None:
+    if not sys.stderr.isatty():
+        return None
+    start = time.monotonic()
+
+    def show(done: int, total: int) -> None:
+        fraction = done / total if total else 1.0
+        bar = "#" * int(fraction * 30)
+        rate = done / max(time.monotonic() - start, 1e-9) / 1e6
+        sys.stderr.write(f"\r[{bar:<30}] {fraction:6.1%} {rate:7.1f} MB/s")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show
+
+
+def _run(args: argparse.Namespace) -> int:
+    from music_analytics.client.csv_source import BadRowError, InputError
+    from music_analytics.client.pipeline import PipelineConfig, ServiceError, run_pipeline
+    from music_analytics.client.results import print_summary, to_json, write_json
+    from music_analytics.client.targets import TargetError
+    from music_analytics.services.common import logging as json_logging
+
+    json_logging.configure("client", os.environ.get("MUSIC_ANALYTICS_LOG_LEVEL", "warning"))
+    config = PipelineConfig(
+        data=Path(args.data),
+        mapreduce=args.mapreduce,
+        userbehavior=args.userbehavior,
+        recommendation=args.recommendation,
+        strict=args.strict,
+        wait_ready=args.wait_ready,
+        progress=_progress_printer(),
+    )
+    try:
+        result = run_pipeline(config)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except BadRowError as exc:
+        print(f"error: {exc} (--strict stops at the first bad row)", file=sys.stderr)
+        return EXIT_BAD_ROW
+    except TargetError as exc:
+        print(f"error: bad service target: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_SERVICE
+    document = to_json(result)
+    out = Path(args.out)
+    try:
+        write_json(document, out)
+    except OSError as exc:
+        print(f"error: cannot write results to {out}: {exc.strerror}", file=sys.stderr)
+        return EXIT_INPUT
+    if not args.quiet:
+        print_summary(document, sys.stdout, args.data, str(out))
+    _publish(args, document, result)
+    return EXIT_OK
+
+
+def _publish(args: argparse.Namespace, document: dict, result: object) -> None:
+    """Optional side channels; a failure here is reported but does not fail the run."""
+    log = logging.getLogger("music_analytics.client")
+    if getattr(args, "pushgateway", None):
+        try:
+            from music_analytics.client.telemetry import push_pipeline_metrics
+
+            push_pipeline_metrics(
+                args.pushgateway,
+                events_read=document["events_processed"] + document["rows_rejected"],
+                rows_rejected=document["rows_rejected_by_reason"],
+                stage_seconds={
+                    k.removesuffix("_time").replace("total_workflow", "total"): v
+                    for k, v in document["performance"].items()
+                    if k.endswith("_time")
+                },
+                events_processed=document["events_processed"],
+            )
+        except Exception as exc:
+            print(f"warning: could not push metrics to {args.pushgateway}: {exc}", file=sys.stderr)
+            log.warning("pushgateway push failed", extra={"error": str(exc)})
+    if getattr(args, "results_configmap", None):
+        try:
+            from music_analytics.client.k8s_results import publish_results_configmap
+
+            publish_results_configmap(args.results_configmap, _summary(document))
+        except Exception as exc:
+            print(f"warning: could not write ConfigMap {args.results_configmap}: {exc}", file=sys.stderr)
+
+
+def _summary(document: dict) -> dict:
+    """The small part of the results that fits a ConfigMap (every user does not)."""
+    return {
+        "events_processed": document["events_processed"],
+        "rows_rejected": document["rows_rejected"],
+        "performance": document["performance"],
+        "top_songs": document["mapreduce_results"]["top_songs"],
+        "top_users": document["userbehavior_results"]["top_users"],
+        "trending_songs": document["recommendation_results"]["trending_songs"],
+        "users": len(document["userbehavior_results"]["users"]),
+        "rejected_examples": document["rejected_examples"][:5],
+    }
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from music_analytics.client.csv_source import InputError, read_header
+    from music_analytics.client.demo import LocalServices
+
+    try:
+        read_header(Path(args.data))
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    with tempfile.TemporaryDirectory(prefix="music-analytics-demo-") as logs:
+        print(f"Starting services ({args.replicas} replica(s) of each streaming service)...", file=sys.stderr)
+        try:
+            services = LocalServices(replicas=args.replicas, log_dir=Path(logs)).__enter__()
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            for log in sorted(Path(logs).glob("*.log")):
+                sys.stderr.write(log.read_text(errors="replace")[-2000:])
+            return EXIT_SERVICE
+        try:
+            for p in services.all():
+                print(
+                    f"  {p.name:<15} gRPC {p.address}  metrics http://127.0.0.1:{p.metrics_port}/metrics",
+                    file=sys.stderr,
+                )
+            run_args = [
+                "run",
+                "--data",
+                args.data,
+                "--out",
+                args.out,
+                "--mapreduce",
+                services.target("mapreduce"),
+                "--userbehavior",
+                services.target("userbehavior"),
+                "--recommendation",
+                services.target("recommendation"),
+            ]
+            if args.strict:
+                run_args.append("--strict")
+            if args.quiet:
+                run_args.append("--quiet")
+            code = main(run_args)
+        finally:
+            services.stop()
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,285 @@
+"""Reading listening events from CSV with bounded memory, rejecting bad rows with their line numbers.
+
+The file is cut into chunks at row boundaries. A chunk is parsed and validated with Arrow
+(vectorised, multi-threaded); only if that finds anything wrong is the chunk re-read with the
+csv module, row by row, which is the authority on what is rejected and why. Clean data never
+pays for line bookkeeping; dirty data costs the slow path only in the chunks that hold it.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import datetime as dt
+import io
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+
+REQUIRED = ("user_id", "song_id", "artist", "duration", "timestamp")
+STRING_COLUMNS = ("user_id", "song_id", "artist")
+MAX_DURATION = 2**32 - 1
+CHUNK_BYTES = 16 * 1024 * 1024
+
+# ISO 8601 as used for event times: a calendar date, optionally a time (minutes, seconds and a
+# fraction optional) and a zone. RE2 (Arrow) and Python's re read this pattern the same way.
+TIMESTAMP_PATTERN = (
+    r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"([T ]([01][0-9]|2[0-3]):[0-5][0-9](:([0-5][0-9]|60)([.,][0-9]+)?)?"
+    r"(Z|[+-]([01][0-9]|2[0-3])(:?[0-5][0-9])?)?)?$"
+)
+_TIMESTAMP = re.compile(TIMESTAMP_PATTERN)
+_DIGITS = re.compile(r"^[0-9]+$")
+
+
+class InputError(Exception):
+    """The input cannot be used at all (missing file, unusable header). Exit code 2."""
+
+
+class BadRowError(Exception):
+    """A bad row under --strict. Exit code 3."""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    line: int
+    reason: str  # wrong_field_count | invalid_utf8 | empty_field | invalid_duration | invalid_timestamp
+    field: str | None
+    message: str
+
+    def describe(self, path: str) -> str:
+        where = f"{path}:{self.line}" + (f" field {self.field!r}" if self.field else "")
+        return f"{where}: {self.message}"
+
+
+@dataclass
+class Chunk:
+    """Valid events of one chunk (columns user_id, song_id, artist as strings, duration as uint32)."""
+
+    table: pa.Table
+    rejected: list[Rejection] = field(default_factory=list)
+    end_offset: int = 0  # byte offset just past this chunk in the file
+
+
+@dataclass(frozen=True)
+class Header:
+    names: tuple[str, ...]
+    length: int  # bytes, including the line break
+    encoding_bom: bool
+
+
+def read_header(path: Path) -> Header:
+    """Parse the header line and check the required columns are there."""
+    try:
+        with path.open("rb") as f:
+            raw = f.readline(1 << 20)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not a CSV file") from None
+    except PermissionError:
+        raise InputError(f"{path}: permission denied") from None
+    if not raw.strip():
+        raise InputError(f"{path}: empty file; expected a header line {','.join(REQUIRED)}")
+    bom = raw.startswith(codecs.BOM_UTF8)
+    try:
+        text = raw[3 if bom else 0 :].decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{path}:1: header is not valid UTF-8") from None
+    names = tuple(next(csv.reader([text.rstrip("\r\n")])))
+    missing = [c for c in REQUIRED if c not in names]
+    if missing:
+        raise InputError(
+            f"{path}:1: header lacks required column(s) {', '.join(missing)}; "
+            f"expected {','.join(REQUIRED)}, found {','.join(names)}"
+        )
+    duplicated = sorted({c for c in names if names.count(c) > 1 and c in REQUIRED})
+    if duplicated:
+        raise InputError(f"{path}:1: header repeats column(s) {', '.join(duplicated)}")
+    return Header(names, len(raw), bom)
+
+
+def read_events(
+    path: str | Path, *, strict: bool = False, chunk_bytes: int = CHUNK_BYTES, stop_offset: int | None = None
+) -> Iterator[Chunk]:
+    """Yield the events of ``path`` chunk by chunk.
+
+    ``stop_offset`` ends reading at a chunk boundary returned earlier (``Chunk.end_offset``):
+    the client uses it to re-read a prefix of the file when a replica was lost.
+    """
+    path = Path(path)
+    header = read_header(path)
+    line = 2  # first line after the header
+    with path.open("rb") as f:
+        f.seek(header.length)
+        offset = header.length
+        carry = b""
+        eof = False
+        while not eof:
+            limit = (
+                chunk_bytes if stop_offset is None else min(chunk_bytes, stop_offset - offset - len(carry))
+            )
+            data = f.read(max(limit, 0))
+            eof = not data or (stop_offset is not None and offset + len(carry) + len(data) >= stop_offset)
+            body = carry + data
+            if not eof:
+                cut = _row_boundary(body)
+                if cut < 0:  # no complete row yet: read more
+                    carry = body
+                    continue
+                body, carry = body[:cut], body[cut:]
+            else:
+                carry = b""
+            if not body:
+                continue
+            chunk = _parse(body, header.names, line, str(path))
+            offset += len(body)
+            chunk.end_offset = offset
+            line += body.count(b"\n") + (0 if body.endswith(b"\n") else 1)
+            if strict and chunk.rejected:
+                raise BadRowError(chunk.rejected[0].describe(str(path)))
+            yield chunk
+
+
+def _row_boundary(body: bytes) -> int:
+    """Offset just past the last line break that ends a row (not one inside a quoted field)."""
+    pos = len(body)
+    while True:
+        pos = body.rfind(b"\n", 0, pos)
+        if pos < 0:
+            return -1
+        # RFC 4180: a line break ends a row iff an even number of quotes precede it.
+        if b'"' not in body or body.count(b'"', 0, pos) % 2 == 0:
+            return pos + 1
+
+
+def _parse(body: bytes, names: tuple[str, ...], first_line: int, path: str) -> Chunk:
+    table = _parse_fast(body, names)
+    if table is not None:
+        return Chunk(table)
+    return _parse_exact(body, names, first_line)
+
+
+def _parse_fast(body: bytes, names: tuple[str, ...]) -> pa.Table | None:
+    """Arrow's parse and vectorised checks; None if anything in the chunk is not clean."""
+
+    invalid_rows = []
+
+    def on_invalid_row(row: object) -> str:
+        invalid_rows.append(row)
+        return "skip"
+
+    try:
+        table = pa_csv.read_csv(
+            io.BytesIO(body),
+            read_options=pa_csv.ReadOptions(column_names=list(names), use_threads=True, block_size=1 << 22),
+            parse_options=pa_csv.ParseOptions(
+                newlines_in_values=b'"' in body, invalid_row_handler=on_invalid_row
+            ),
+            convert_options=pa_csv.ConvertOptions(
+                column_types={c: pa.string() for c in names},
+                include_columns=list(REQUIRED),
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+        if invalid_rows:
+            return None
+        for name in STRING_COLUMNS:
+            if pc.min(pc.binary_length(table[name])).as_py() == 0:
+                return None
+        duration = table["duration"]
+        if not pc.all(pc.utf8_is_digit(duration)).as_py():
+            return None
+        duration = pc.cast(duration, pa.uint32())  # raises past 2^32-1
+        ts = table["timestamp"]
+        if not pc.all(pc.match_substring_regex(ts, TIMESTAMP_PATTERN)).as_py():
+            return None
+        dates = pc.strptime(
+            pc.utf8_slice_codeunits(ts, 0, 10), format="%Y-%m-%d", unit="s", error_is_null=True
+        )
+        if dates.null_count:
+            return None
+    except pa.ArrowInvalid:
+        return None
+    return pa.table(
+        {
+            "user_id": table["user_id"],
+            "song_id": table["song_id"],
+            "artist": table["artist"],
+            "duration": duration,
+        }
+    )
+
+
+def check_row(row: list[str], names: tuple[str, ...]) -> tuple[str, str | None, str] | None:
+    """Why a parsed row is invalid, as (reason, field, message), or None if it is valid."""
+    if len(row) != len(names):
+        return "wrong_field_count", None, f"expected {len(names)} fields, found {len(row)}"
+    values = dict(zip(names, row, strict=True))
+    for name in REQUIRED:
+        try:
+            values[name].encode("utf-8")
+        except UnicodeEncodeError:
+            return "invalid_utf8", name, f"{name} is not valid UTF-8"
+    for name in STRING_COLUMNS:
+        if not values[name]:
+            return "empty_field", name, f"{name} is empty"
+    duration = values["duration"]
+    if not _DIGITS.match(duration) or int(duration) > MAX_DURATION:
+        return (
+            "invalid_duration",
+            "duration",
+            (f"duration {duration!r} is not a whole number of seconds between 0 and {MAX_DURATION}"),
+        )
+    ts = values["timestamp"]
+    valid_ts = _TIMESTAMP.match(ts) is not None
+    if valid_ts:
+        try:
+            dt.date.fromisoformat(ts[:10])
+        except ValueError:
+            valid_ts = False
+    if not valid_ts:
+        return "invalid_timestamp", "timestamp", f"timestamp {ts!r} is not an ISO 8601 date-time"
+    return None
+
+
+def _parse_exact(body: bytes, names: tuple[str, ...], first_line: int) -> Chunk:
+    """Row by row with the csv module: slow, exact, and knows every row's line number."""
+    text = body.decode("utf-8", errors="surrogateescape")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    columns: dict[str, list] = {c: [] for c in (*STRING_COLUMNS, "duration")}
+    positions = {c: names.index(c) for c in REQUIRED}
+    rejected = []
+    previous_line = 0
+    for row in reader:
+        line = first_line + previous_line
+        previous_line = reader.line_num
+        if not row:  # blank line, skipped as Arrow does
+            continue
+        problem = check_row(row, names)
+        if problem is not None:
+            rejected.append(Rejection(line, *problem))
+            continue
+        for c in STRING_COLUMNS:
+            columns[c].append(row[positions[c]])
+        columns["duration"].append(int(row[positions["duration"]]))
+    table = pa.table(
+        {
+            "user_id": pa.array(columns["user_id"], type=pa.string()),
+            "song_id": pa.array(columns["song_id"], type=pa.string()),
+            "artist": pa.array(columns["artist"], type=pa.string()),
+            "duration": pa.array(columns["duration"], type=pa.uint32()),
+        }
+    )
+    return Chunk(table, rejected)
+
+
+def count_by_reason(rejections: list[Rejection]) -> Counter:
+    return Counter(r.reason for r in rejections)

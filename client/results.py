@@ -1,0 +1,101 @@
+"""The results JSON (every key of the original design's example, and more) and the printed summary."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, TextIO
+
+from music_analytics.client.pipeline import PipelineResult
+
+WORKFLOW = "Client → MapReduce → UserBehavior → Recommendation → Client"
+SAMPLE_RECOMMENDATIONS = 5
+
+
+def to_json(result: PipelineResult) -> dict[str, Any]:
+    timings = result.timings
+    events_per_second = (
+        result.events_processed / timings["total_workflow_time"] if timings["total_workflow_time"] else 0
+    )
+    return {
+        "workflow": WORKFLOW,
+        "performance": {k: round(v, 4) for k, v in timings.items()}
+        | {"events_per_second": round(events_per_second)},
+        "mapreduce_results": {
+            "top_songs": {s.song: s.plays for s in result.top_songs},
+            "distinct_songs": result.distinct_songs,
+        },
+        "userbehavior_results": {
+            "users": [{"user_id": u, "total_time": t, "top_artist": a} for u, t, a in result.users],
+            "top_users": [u for u, _ in result.top_users],
+            "top_users_total_time": {u: t for u, t in result.top_users},
+        },
+        "recommendation_results": {
+            "trending_songs": [s.song for s in result.trending],
+            "recommendations": {u: result.recommendations.get(u, []) for u, _, _ in result.users},
+        },
+        "events_processed": result.events_processed,
+        "rows_rejected": sum(result.rejected_by_reason.values()),
+        "rows_rejected_by_reason": dict(sorted(result.rejected_by_reason.items())),
+        "rejected_examples": [
+            {"line": r.line, "reason": r.reason, "field": r.field, "message": r.message}
+            for r in result.rejected
+        ],
+        "replicas": result.replicas,
+        "replica_recoveries": result.recoveries,
+    }
+
+
+def write_json(document: dict[str, Any], path: Path) -> None:
+    """Write atomically: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        json.dump(document, f, ensure_ascii=False, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def print_summary(document: dict[str, Any], out: TextIO, data: str, results_path: str) -> None:
+    perf = document["performance"]
+    w = out.write
+    w(f"music-analytics: {document['events_processed']:,} events from {data}")
+    rejected = document["rows_rejected"]
+    w(f", {rejected:,} rows rejected\n" if rejected else "\n")
+    for example in document["rejected_examples"][:5]:
+        field = f" ({example['field']})" if example["field"] else ""
+        w(f"  rejected {data}:{example['line']}{field}: {example['message']}\n")
+    if rejected > len(document["rejected_examples"][:5]):
+        w(
+            f"  ... {rejected - len(document['rejected_examples'][:5]):,} more; by reason: "
+            f"{document['rows_rejected_by_reason']}\n"
+        )
+    w("\nTop songs (plays)\n")
+    for i, (song, plays) in enumerate(document["mapreduce_results"]["top_songs"].items(), 1):
+        w(f"  {i:>2}. {song}  {plays:,}\n")
+    w("\nMost active users (listening time)\n")
+    totals = document["userbehavior_results"]["top_users_total_time"]
+    for i, user in enumerate(document["userbehavior_results"]["top_users"], 1):
+        w(f"  {i:>2}. {user}  {_duration(totals[user])}\n")
+    users = document["userbehavior_results"]["users"]
+    w(f"\nUsers analysed: {len(users):,}\n")
+    w("\nTrending songs\n")
+    for i, song in enumerate(document["recommendation_results"]["trending_songs"], 1):
+        w(f"  {i}. {song}\n")
+    w("\nSample recommendations\n")
+    recs = document["recommendation_results"]["recommendations"]
+    for user in users[:SAMPLE_RECOMMENDATIONS]:
+        songs = recs.get(user["user_id"], [])
+        w(f"  {user['user_id']} (top artist {user['top_artist']}): {', '.join(songs) or '-'}\n")
+    w("\nTimings (s)\n")
+    for key in ("mapreduce_time", "userbehavior_time", "recommendation_time", "total_workflow_time"):
+        w(f"  {key:<22}{perf[key]:>10.3f}\n")
+    w(f"  {'events/s':<22}{perf['events_per_second']:>10,}\n")
+    w(f"\nResults written to {results_path}\n")
+
+
+def _duration(seconds: int) -> str:
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s"

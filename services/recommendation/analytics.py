@@ -1,0 +1,39 @@
+"""Trending songs and per-user recommendations. Plain functions and data, no gRPC."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+TRENDING_SONGS = 5
+
+
+@dataclass(frozen=True)
+class Candidate:
+    song: str  # "{artist} - {song_id}"
+    artist: str
+    plays: int
+
+
+def trending(candidates: Iterable[Candidate], n: int = TRENDING_SONGS) -> list[Candidate]:
+    """The ``n`` most played songs; ties by key ascending."""
+    return sorted(candidates, key=lambda c: (-c.plays, c.song))[:n]
+
+
+class Recommender:
+    """Recommends each user the trending songs not by their top artist, in trending order.
+
+    The original compared substrings (``artist in song``), so a user whose top artist was "Ab"
+    never got songs by "Abba"; here the artist must match exactly.
+    """
+
+    def __init__(self, trending_songs: Sequence[Candidate]) -> None:
+        self.trending = list(trending_songs)
+        self._everything = [c.song for c in self.trending]
+        # Only the artists of trending songs can exclude anything: precompute their lists.
+        self._without = {
+            c.artist: [s.song for s in self.trending if s.artist != c.artist] for c in self.trending
+        }
+
+    def for_user(self, top_artist: str) -> list[str]:
+        return self._without.get(top_artist, self._everything)

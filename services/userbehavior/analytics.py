@@ -1,0 +1,146 @@
+"""Listening time and top artist per user. Plain functions and data, no gRPC."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from music_analytics.services.common.columns import KeyCounter, StringIds, group_count
+
+TOP_USERS = 5
+_ARTIST_BITS = 32
+
+
+@dataclass(frozen=True)
+class UserSummary:
+    user_id: str
+    total_time: int
+    top_artist: str
+    plays: int
+
+
+def rank_users(users: Iterable[tuple[str, int]], n: int) -> list[tuple[str, int]]:
+    """The ``n`` users with the highest total time; ties by user_id ascending."""
+    return sorted(users, key=lambda u: (-u[1], u[0]))[:n]
+
+
+class UserStats:
+    """Accumulates per-user listening time and per-(user, artist) play counts over batches."""
+
+    def __init__(self) -> None:
+        self._users = StringIds()
+        self._artists = StringIds()
+        self._time = np.zeros(1024, dtype=np.int64)
+        self._plays = np.zeros(1024, dtype=np.int64)
+        # (user id << 32 | artist id) -> plays: far smaller than any dataframe of the pairs.
+        self._pairs = KeyCounter()
+        self.events = 0
+
+    @property
+    def distinct_users(self) -> int:
+        return len(self._users)
+
+    @property
+    def distinct_artists(self) -> int:
+        return len(self._artists)
+
+    @property
+    def distinct_pairs(self) -> int:
+        return len(self._pairs)
+
+    def add_columns(
+        self,
+        user_dict: pa.Array,
+        user_idx: np.ndarray,
+        artist_dict: pa.Array,
+        artist_idx: np.ndarray,
+        duration: np.ndarray,
+    ) -> None:
+        """Add a batch given as dictionary-encoded user and artist columns and a duration column."""
+        if len(user_idx) == 0:
+            return
+        users = self._users.map(user_dict.to_pylist())[user_idx]
+        artists = self._artists.map(artist_dict.to_pylist())[artist_idx]
+        n = len(self._users)
+        if n > len(self._time):
+            size = max(n, 2 * len(self._time))
+            self._time = np.concatenate([self._time, np.zeros(size - len(self._time), dtype=np.int64)])
+            self._plays = np.concatenate([self._plays, np.zeros(size - len(self._plays), dtype=np.int64)])
+        # float64 weights are exact here: one batch sums at most 2^16 rows of < 2^32 seconds.
+        self._time[:n] += np.bincount(users, weights=duration, minlength=n).astype(np.int64)
+        self._plays[:n] += np.bincount(users, minlength=n)
+        self._pairs.add((users << _ARTIST_BITS) | artists)
+        self.events += len(user_idx)
+
+    def add_events(self, events: Iterable[tuple[str, str, int]]) -> None:
+        """Add plain (user_id, artist, duration) records."""
+        users, artists, durations = [], [], []
+        for user, artist, duration in events:
+            users.append(user)
+            artists.append(artist)
+            durations.append(duration)
+        if not users:
+            return
+        u = pc.dictionary_encode(pa.array(users, type=pa.string()))
+        a = pc.dictionary_encode(pa.array(artists, type=pa.string()))
+        self.add_columns(
+            u.dictionary,
+            u.indices.to_numpy(),
+            a.dictionary,
+            a.indices.to_numpy(),
+            np.asarray(durations, dtype=np.uint32),
+        )
+
+    def top_artist_ids(self) -> np.ndarray:
+        """For each user id, the artist id with the most plays; ties by artist name ascending."""
+        n_users = len(self._users)
+        keys, counts = self._pairs.result()
+        if n_users == 0:
+            return np.empty(0, dtype=np.int64)
+        names = pa.array(self._artists.values, type=pa.string())
+        by_name = pc.sort_indices(names).to_numpy()  # artist ids in name order
+        rank = np.empty(len(by_name), dtype=np.int64)
+        rank[by_name] = np.arange(len(by_name))
+        users = keys >> _ARTIST_BITS
+        artists = keys & ((1 << _ARTIST_BITS) - 1)
+        # One score orders (plays desc, name asc): the max per user is the answer.
+        score = counts * (1 << _ARTIST_BITS) + (len(rank) - 1 - rank[artists])
+        best_users, best = group_count_max(users, score)
+        top = np.full(n_users, -1, dtype=np.int64)
+        top[best_users] = by_name[len(rank) - 1 - (best & ((1 << _ARTIST_BITS) - 1))]
+        return top
+
+    def summaries(self, chunk: int = 50_000) -> Iterator[list[UserSummary]]:
+        """Every user's summary in first-seen order, ``chunk`` users at a time."""
+        top = self.top_artist_ids()
+        artists = self._artists.values
+        users = self._users.values
+        for start in range(0, len(users), chunk):
+            stop = min(start + chunk, len(users))
+            yield [
+                UserSummary(users[i], int(self._time[i]), artists[top[i]], int(self._plays[i]))
+                for i in range(start, stop)
+            ]
+
+    def top_users(self, n: int = TOP_USERS) -> list[tuple[str, int]]:
+        """The ``n`` users with the highest total time, ties by user_id ascending."""
+        count = len(self._users)
+        if count == 0 or n <= 0:
+            return []
+        times = self._time[:count]
+        threshold = np.partition(times, count - n)[count - n] if count > n else times.min()
+        candidates = np.flatnonzero(times >= threshold)
+        return rank_users(((self._users.values[i], int(times[i])) for i in candidates), n)
+
+
+def group_count_max(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct keys and the maximum of ``values`` for each."""
+    grouped = pa.table({"k": keys, "v": values}).group_by("k", use_threads=False).aggregate([("v", "max")])
+    return grouped.column("k").to_numpy(), grouped.column("v_max").to_numpy()
+
+
+__all__ = ["TOP_USERS", "UserStats", "UserSummary", "group_count", "rank_users"]

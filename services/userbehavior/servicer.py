@@ -1,0 +1,91 @@
+"""gRPC adapter for UserBehaviorService: decode the stream, call the analytics, stream the answer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import grpc
+
+from music_analytics.api import userbehavior_pb2, userbehavior_pb2_grpc
+from music_analytics.services.common.columns import InvalidBatchError
+from music_analytics.services.common.events import ARTIST, DURATION, USER, decode_chunk
+from music_analytics.services.common.metrics import ServiceMetrics
+from music_analytics.services.common.server import ServiceSpec
+from music_analytics.services.userbehavior.analytics import TOP_USERS, UserStats
+
+MAX_TOP = 10_000
+# Users per response message: keeps each message far below the 4 MB default limit.
+USERS_PER_MESSAGE = 20_000
+
+
+class UserBehaviorServicer(userbehavior_pb2_grpc.UserBehaviorServiceServicer):
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self.m = metrics
+
+    def AnalyzeUsers(  # noqa: N802 (gRPC method name)
+        self, request_iterator: Iterator[userbehavior_pb2.AnalyzeUsersRequest], context: grpc.ServicerContext
+    ) -> Iterator[userbehavior_pb2.AnalyzeUsersResponse]:
+        service = self.m.service
+        stats = UserStats()
+        top_n = None
+        self.m.inflight.labels(service).inc()
+        try:
+            for index, request in enumerate(request_iterator):
+                if top_n is None:
+                    top_n = request.top_n or TOP_USERS
+                    if top_n > MAX_TOP:
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"top_n {top_n} exceeds {MAX_TOP}")
+                try:
+                    batch = decode_chunk(request.events, (USER, ARTIST, DURATION))
+                except InvalidBatchError as exc:
+                    self.m.rejected.labels(service, "invalid_batch").inc()
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"message {index}: {exc}")
+                start = time.perf_counter()
+                user, artist = batch.columns[USER], batch.columns[ARTIST]
+                stats.add_columns(
+                    user.dictionary, user.indices, artist.dictionary, artist.indices, batch.duration
+                )
+                self.m.aggregation.labels(service).observe(time.perf_counter() - start)
+                self.m.events.labels(service).inc(batch.rows)
+                self.m.batches.labels(service).inc()
+                self.m.batch_size.labels(service).observe(batch.rows)
+            start = time.perf_counter()
+            counts = {"events_processed": stats.events, "distinct_users": stats.distinct_users}
+            for chunk in stats.summaries(USERS_PER_MESSAGE):
+                yield userbehavior_pb2.AnalyzeUsersResponse(
+                    users=userbehavior_pb2.UserSummaries(
+                        user_ids=[u.user_id for u in chunk],
+                        total_time=[u.total_time for u in chunk],
+                        top_artist=[u.top_artist for u in chunk],
+                        plays=[u.plays for u in chunk],
+                    ),
+                    **counts,
+                )
+            top = stats.top_users(top_n or TOP_USERS)
+            self.m.aggregation.labels(service).observe(time.perf_counter() - start)
+            for kind, value in (
+                ("users", stats.distinct_users),
+                ("artists", stats.distinct_artists),
+                ("user_artist_pairs", stats.distinct_pairs),
+            ):
+                self.m.distinct_keys.labels(service, kind).set(value)
+            yield userbehavior_pb2.AnalyzeUsersResponse(
+                top_users=userbehavior_pb2.UserTotals(
+                    user_ids=[u for u, _ in top], total_time=[t for _, t in top]
+                ),
+                **counts,
+            )
+        finally:
+            self.m.inflight.labels(service).dec()
+
+
+SPEC = ServiceSpec(
+    name="userbehavior",
+    descriptor=userbehavior_pb2.DESCRIPTOR.services_by_name["UserBehaviorService"],
+    grpc_port=50053,
+    metrics_port=9053,
+    attach=lambda server, metrics: userbehavior_pb2_grpc.add_UserBehaviorServiceServicer_to_server(
+        UserBehaviorServicer(metrics), server
+    ),
+)
