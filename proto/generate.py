@@ -26,8 +26,15 @@ def generate(out_dir: Path) -> list[Path]:
     include = str(Path(protoc.__file__).parent / "_proto")
     with _staging() as staging:
         code = protoc.main(
-            ["protoc", f"-I{PROTO_ROOT}", f"-I{include}", f"--python_out={staging}",
-             f"--pyi_out={staging}", f"--grpc_python_out={staging}", *protos]
+            [
+                "protoc",
+                f"-I{PROTO_ROOT}",
+                f"-I{include}",
+                f"--python_out={staging}",
+                f"--pyi_out={staging}",
+                f"--grpc_python_out={staging}",
+                *protos,
+            ]
         )
         if code != 0:
             raise SystemExit(f"protoc failed with exit code {code}")
@@ -36,7 +43,9 @@ def generate(out_dir: Path) -> list[Path]:
             dst = out_dir / src.name
             dst.write_text(_IMPORT.sub(f"from {PACKAGE} import ", src.read_text()))
             written.append(dst)
-    (out_dir / "__init__.py").write_text('"""Generated from proto/music/v1 by proto/generate.py; do not edit."""\n')
+    (out_dir / "__init__.py").write_text(
+        '"""Generated from proto/music/v1 by proto/generate.py; do not edit."""\n'
+    )
     return written
 
 
