@@ -201,11 +201,9 @@ def _parse_fast(body: bytes, names: tuple[str, ...]) -> pa.Table | None:
         ts = table["timestamp"]
         if not pc.all(pc.match_substring_regex(ts, TIMESTAMP_PATTERN)).as_py():
             return None
-        dates = pc.strptime(
-            pc.utf8_slice_codeunits(ts, 0, 10), format="%Y-%m-%d", unit="s", error_is_null=True
-        )
-        if dates.null_count:
-            return None
+        # Arrow's ISO parser checks the calendar (strptime would roll Feb 30 over to Mar 1);
+        # it raises on any bad date, which sends the chunk to the exact path.
+        pc.cast(pc.utf8_slice_codeunits(ts, 0, 10), pa.timestamp("s"))
     except pa.ArrowInvalid:
         return None
     return pa.table(

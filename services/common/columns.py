@@ -19,10 +19,10 @@ def string_array(offsets: bytes, data: bytes, what: str) -> pa.Array:
     if len(offsets) % 4 or len(offsets) < 4:
         raise InvalidBatchError(f"{what}: offsets must hold count+1 int32 values, got {len(offsets)} bytes")
     count = len(offsets) // 4 - 1
-    arr = pa.Array.from_buffers(pa.string(), count, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
     try:
+        arr = pa.Array.from_buffers(pa.string(), count, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
         arr.validate(full=True)
-    except pa.ArrowInvalid as exc:
+    except (pa.ArrowInvalid, ValueError) as exc:
         raise InvalidBatchError(f"{what}: {exc}") from None
     return arr
 

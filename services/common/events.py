@@ -52,9 +52,7 @@ def _decode_batch(batch: events_pb2.EventBatch, needed: tuple[str, ...]) -> Even
         dictionary = string_array(column.dictionary.offsets, column.dictionary.data, f"{name}.dictionary")
         if pc.any(pc.equal(pc.binary_length(dictionary), 0)).as_py():
             raise InvalidBatchError(f"{name}.dictionary holds an empty string; {name} must not be empty")
-        columns[name] = DictColumn(
-            dictionary, indices(column.indices, rows, len(dictionary), f"{name}.indices")
-        )
+        columns[name] = DictColumn(dictionary, indices(column.indices, rows, len(dictionary), f"{name}.indices"))
     duration = uint32_column(batch.duration, rows, "duration") if DURATION in needed else None
     return EventColumns(rows, columns, duration)
 
@@ -63,14 +61,16 @@ def _decode_records(records: events_pb2.PlayEvents, needed: tuple[str, ...]) -> 
     events = records.events
     if not events:
         raise InvalidBatchError("empty records: no events")
+    # A record is checked whole, whichever columns this service reads: it is invalid anywhere.
+    for i, event in enumerate(events):
+        for name in (USER, SONG, ARTIST):
+            if not getattr(event, name):
+                raise InvalidBatchError(f"records.events[{i}].{name} is empty")
     columns = {}
     for name in needed:
         if name == DURATION:
             continue
         values = [getattr(e, name) for e in events]
-        for i, value in enumerate(values):
-            if not value:
-                raise InvalidBatchError(f"records.events[{i}].{name} is empty")
         encoded = pc.dictionary_encode(pa.array(values, type=pa.string()))
         columns[name] = DictColumn(encoded.dictionary, encoded.indices.to_numpy().astype(np.uint32))
     duration = np.fromiter((e.duration for e in events), dtype=np.uint32, count=len(events))

@@ -7,6 +7,7 @@ pre-created at zero so panels never show "No data" before the first call.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -158,6 +159,17 @@ class MetricsInterceptor(grpc.ServerInterceptor):
 
     def __init__(self, metrics: ServiceMetrics) -> None:
         self.m = metrics
+        self._active = 0
+        self._lock = threading.Lock()
+
+    @property
+    def active_calls(self) -> int:
+        """Application calls in progress (health and reflection excluded): what shutdown waits for."""
+        return self._active
+
+    def _track(self, delta: int) -> None:
+        with self._lock:
+            self._active += delta
 
     def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails):
         handler = continuation(handler_call_details)
@@ -168,6 +180,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         if service.startswith("grpc.reflection."):
             # Reflection streams stay open for a whole grpcurl session; they are tooling, not traffic.
             return handler
+        application = not service.startswith("grpc.health.")
         labels = (grpc_type(handler.request_streaming, handler.response_streaming), service, method)
         m = self.m
 
@@ -186,6 +199,15 @@ class MetricsInterceptor(grpc.ServerInterceptor):
 
         def wrap(behavior: Callable) -> Callable:
             def unary_result(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
+                if application:
+                    self._track(1)
+                try:
+                    return counted_unary(request_or_iterator, context)
+                finally:
+                    if application:
+                        self._track(-1)
+
+            def counted_unary(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
                 start = time.perf_counter()
                 m.started.labels(*labels).inc()
                 if handler.request_streaming:
@@ -202,6 +224,15 @@ class MetricsInterceptor(grpc.ServerInterceptor):
                 return result
 
             def stream_result(request_or_iterator: Any, context: grpc.ServicerContext) -> Iterator:
+                if application:
+                    self._track(1)
+                try:
+                    yield from counted_stream(request_or_iterator, context)
+                finally:
+                    if application:
+                        self._track(-1)
+
+            def counted_stream(request_or_iterator: Any, context: grpc.ServicerContext) -> Iterator:
                 start = time.perf_counter()
                 m.started.labels(*labels).inc()
                 if handler.request_streaming:

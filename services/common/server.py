@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ class ServerConfig:
     grpc_port: int = 0
     metrics_port: int = 0
     grace_seconds: float = 30.0
+    drain_seconds: float = 10.0
     workers: int = 16
     max_message_bytes: int = MAX_MESSAGE_BYTES
     log_level: str = "info"
@@ -64,6 +66,7 @@ class ServerConfig:
             "grpc_port": int(env.get("MUSIC_ANALYTICS_GRPC_PORT", spec.grpc_port)),
             "metrics_port": int(env.get("MUSIC_ANALYTICS_METRICS_PORT", spec.metrics_port)),
             "grace_seconds": float(env.get("MUSIC_ANALYTICS_GRACE_SECONDS", cls.grace_seconds)),
+            "drain_seconds": float(env.get("MUSIC_ANALYTICS_DRAIN_SECONDS", cls.drain_seconds)),
             "workers": int(env.get("MUSIC_ANALYTICS_WORKERS", cls.workers)),
             "log_level": env.get("MUSIC_ANALYTICS_LOG_LEVEL", cls.log_level),
         }
@@ -78,13 +81,14 @@ class RunningService:
         self.spec = spec
         self.config = config
         self.metrics = ServiceMetrics(spec.name)
+        self.interceptor = MetricsInterceptor(self.metrics)
         self.health = health.HealthServicer(
             experimental_non_blocking=True,
             experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=2),
         )
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix=spec.name),
-            interceptors=[MetricsInterceptor(self.metrics)],
+            interceptors=[self.interceptor],
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
@@ -126,12 +130,27 @@ class RunningService:
         )
 
     def stop(self) -> None:
-        """NOT_SERVING first, so load balancers and probes drain us; then let in-flight calls finish."""
+        """NOT_SERVING first, so probes and load balancers stop sending us work; then drain.
+
+        While calls are in flight (up to ``drain_seconds``) the server still answers, so a
+        health check sees NOT_SERVING rather than a refused connection; then ``server.stop``
+        gives what is left ``grace_seconds`` before cancelling it.
+        """
         if self._stopped.is_set():
             return
         self._stopped.set()
-        log.info("shutting down", extra={"grace_seconds": self.config.grace_seconds})
+        log.info(
+            "shutting down",
+            extra={
+                "in_flight": self.interceptor.active_calls,
+                "drain_seconds": self.config.drain_seconds,
+                "grace_seconds": self.config.grace_seconds,
+            },
+        )
         self.health.enter_graceful_shutdown()
+        deadline = time.monotonic() + self.config.drain_seconds
+        while self.interceptor.active_calls and time.monotonic() < deadline:
+            time.sleep(0.05)
         self.server.stop(self.config.grace_seconds).wait()
         self._metrics_server.shutdown()
         log.info("stopped")

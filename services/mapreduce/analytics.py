@@ -99,9 +99,6 @@ class PlayCounter:
         threshold = np.partition(counts, count - n)[count - n] if count > n else counts.min()
         candidates = np.flatnonzero(counts >= threshold)
         return rank_songs(
-            (
-                SongCount(self._keys.values[i], self._artist[i], self._song_id[i], int(counts[i]))
-                for i in candidates
-            ),
+            (SongCount(self._keys.values[i], self._artist[i], self._song_id[i], int(counts[i])) for i in candidates),
             n,
         )

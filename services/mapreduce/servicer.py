@@ -52,8 +52,7 @@ class MapReduceServicer(mapreduce_pb2_grpc.MapReduceServiceServicer):
             self.m.inflight.labels(service).dec()
         return mapreduce_pb2.CountPlaysResponse(
             top_songs=[
-                mapreduce_pb2.SongCount(song=s.song, artist=s.artist, song_id=s.song_id, plays=s.plays)
-                for s in top
+                mapreduce_pb2.SongCount(song=s.song, artist=s.artist, song_id=s.song_id, plays=s.plays) for s in top
             ],
             events_processed=counter.events,
             distinct_songs=counter.distinct_songs,

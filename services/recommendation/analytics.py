@@ -31,9 +31,7 @@ class Recommender:
         self.trending = list(trending_songs)
         self._everything = [c.song for c in self.trending]
         # Only the artists of trending songs can exclude anything: precompute their lists.
-        self._without = {
-            c.artist: [s.song for s in self.trending if s.artist != c.artist] for c in self.trending
-        }
+        self._without = {c.artist: [s.song for s in self.trending if s.artist != c.artist] for c in self.trending}
 
     def for_user(self, top_artist: str) -> list[str]:
         return self._without.get(top_artist, self._everything)

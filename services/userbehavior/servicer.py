@@ -43,9 +43,7 @@ class UserBehaviorServicer(userbehavior_pb2_grpc.UserBehaviorServiceServicer):
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"message {index}: {exc}")
                 start = time.perf_counter()
                 user, artist = batch.columns[USER], batch.columns[ARTIST]
-                stats.add_columns(
-                    user.dictionary, user.indices, artist.dictionary, artist.indices, batch.duration
-                )
+                stats.add_columns(user.dictionary, user.indices, artist.dictionary, artist.indices, batch.duration)
                 self.m.aggregation.labels(service).observe(time.perf_counter() - start)
                 self.m.events.labels(service).inc(batch.rows)
                 self.m.batches.labels(service).inc()
@@ -71,9 +69,7 @@ class UserBehaviorServicer(userbehavior_pb2_grpc.UserBehaviorServiceServicer):
             ):
                 self.m.distinct_keys.labels(service, kind).set(value)
             yield userbehavior_pb2.AnalyzeUsersResponse(
-                top_users=userbehavior_pb2.UserTotals(
-                    user_ids=[u for u, _ in top], total_time=[t for _, t in top]
-                ),
+                top_users=userbehavior_pb2.UserTotals(user_ids=[u for u, _ in top], total_time=[t for _, t in top]),
                 **counts,
             )
         finally:

@@ -1,0 +1,146 @@
+"""Reading CSV input: every kind of bad row is rejected with its line and reason, the rest is kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from music_analytics.client.csv_source import (
+    BadRowError,
+    InputError,
+    _parse_exact,
+    _parse_fast,
+    read_events,
+)
+
+HEADER = b"user_id,song_id,artist,duration,timestamp\n"
+
+
+def write(tmp_path: Path, body: bytes, name: str = "events.csv") -> Path:
+    path = tmp_path / name
+    path.write_bytes(body)
+    return path
+
+
+def read_all(path: Path, **kwargs) -> tuple[list[dict], list]:
+    rows, rejected = [], []
+    for chunk in read_events(path, **kwargs):
+        rows.extend(chunk.table.to_pylist())
+        rejected.extend(chunk.rejected)
+    return rows, rejected
+
+
+BAD_ROWS = [
+    (b"u1,s1,A,10\n", "wrong_field_count", None),
+    (b"u1,s1,A,10,2024-01-01T00:00:00Z,extra\n", "wrong_field_count", None),
+    (b"u1,s1,A,ten,2024-01-01T00:00:00Z\n", "invalid_duration", "duration"),
+    (b"u1,s1,A,-5,2024-01-01T00:00:00Z\n", "invalid_duration", "duration"),
+    (b"u1,s1,A,1.5,2024-01-01T00:00:00Z\n", "invalid_duration", "duration"),
+    (b"u1,s1,A,0x10,2024-01-01T00:00:00Z\n", "invalid_duration", "duration"),
+    (b"u1,s1,A,4294967296,2024-01-01T00:00:00Z\n", "invalid_duration", "duration"),
+    (b"u1,s1,A,10,yesterday\n", "invalid_timestamp", "timestamp"),
+    (b"u1,s1,A,10,2024-02-30T00:00:00Z\n", "invalid_timestamp", "timestamp"),
+    (b"u1,s1,A,10,2024-01-01T25:00:00Z\n", "invalid_timestamp", "timestamp"),
+    (b",s1,A,10,2024-01-01T00:00:00Z\n", "empty_field", "user_id"),
+    (b"u1,,A,10,2024-01-01T00:00:00Z\n", "empty_field", "song_id"),
+    (b'u1,s1,"",10,2024-01-01T00:00:00Z\n', "empty_field", "artist"),
+    (b"u1,s1,\xffArtist,10,2024-01-01T00:00:00Z\n", "invalid_utf8", "artist"),
+]
+GOOD = b"u0,s0,Z,7,2024-01-01T00:00:00Z\n"
+
+
+@pytest.mark.parametrize(("row", "reason", "field"), BAD_ROWS)
+def test_bad_row_is_rejected_with_line_and_reason_and_the_rest_kept(tmp_path, row, reason, field):
+    path = write(tmp_path, HEADER + GOOD + row + GOOD)
+    rows, rejected = read_all(path)
+    assert [r["user_id"] for r in rows] == ["u0", "u0"]
+    assert len(rejected) == 1
+    assert (rejected[0].line, rejected[0].reason, rejected[0].field) == (3, reason, field)
+    assert str(path) in rejected[0].describe(str(path))
+
+
+@pytest.mark.parametrize(("row", "reason", "field"), BAD_ROWS)
+def test_strict_stops_at_the_first_bad_row_naming_file_and_line(tmp_path, row, reason, field):
+    path = write(tmp_path, HEADER + GOOD + row)
+    with pytest.raises(BadRowError, match=f"{path}:3"):
+        read_all(path, strict=True)
+
+
+def test_accepted_forms_of_iso_8601(tmp_path):
+    stamps = [b"2024-01-01", b"2024-01-01T10:00", b"2024-01-01T10:00:00", b"2024-01-01 10:00:00",
+              b"2024-01-01T10:00:00.123456Z", b"2024-01-01T10:00:00+02:00", b"2024-01-01T10:00:00-0530",
+              b"2024-02-29T00:00:00Z"]  # fmt: skip
+    path = write(tmp_path, HEADER + b"".join(b"u,s,A,1," + s + b"\n" for s in stamps))
+    rows, rejected = read_all(path)
+    assert rejected == [] and len(rows) == len(stamps)
+
+
+def test_quoting_crlf_unicode_bom_and_blank_lines(tmp_path):
+    body = (
+        b"\xef\xbb\xbfuser_id,song_id,artist,duration,timestamp\r\n"
+        b'u1,s1,"Earth, Wind & Fire",10,2024-01-01T00:00:00Z\r\n'
+        b'u2,s2,"The ""Quoted"" Band",20,2024-01-01T00:00:00Z\r\n'
+        b"\r\n"
+        b'u3,s3,"Line\r\nBreak",30,2024-01-01T00:00:00Z\r\n'
+        + "ü4,s4,Björk,40,2024-01-01T00:00:00Z\r\n".encode()
+        + b"u5,s5,bad,x,2024-01-01T00:00:00Z\r\n"
+        b"u6,s6,Last,60,2024-01-01T00:00:00Z"  # no final line break
+    )
+    rows, rejected = read_all(write(tmp_path, body))
+    assert [r["artist"] for r in rows] == ["Earth, Wind & Fire", 'The "Quoted" Band', "Line\r\nBreak", "Björk", "Last"]
+    assert [r["duration"] for r in rows] == [10, 20, 30, 40, 60]
+    # Line 5 is blank; the quoted line break makes row u3 span lines 5-6... u5 is on line 8.
+    assert [(r.line, r.reason) for r in rejected] == [(8, "invalid_duration")]
+
+
+def test_header_columns_in_another_order_with_extra_columns(tmp_path):
+    body = b"timestamp,artist,extra,user_id,duration,song_id\n2024-01-01,A,x,u1,5,s1\n"
+    rows, rejected = read_all(write(tmp_path, body))
+    assert rows == [{"user_id": "u1", "song_id": "s1", "artist": "A", "duration": 5}] and rejected == []
+
+
+def test_line_numbers_stay_right_across_chunk_boundaries(tmp_path):
+    lines = [HEADER]
+    bad_lines = []
+    for i in range(2, 3000):
+        if i % 97 == 0:
+            lines.append(b'u,s,"multi\nline",x,2024-01-01\n')  # bad, and spans two lines
+            bad_lines.append(i)
+            lines.append(None)  # placeholder: the second physical line of that row
+        else:
+            lines.append(b"u%d,s,A,1,2024-01-01\n" % i)
+    body = b"".join(line for line in lines if line is not None)
+    path = write(tmp_path, body)
+    expected_rows = sum(1 for line in lines[1:] if line is not None) - len(bad_lines)
+    for chunk_bytes in (64, 1000, 1 << 20):
+        rows, rejected = read_all(path, chunk_bytes=chunk_bytes)
+        assert len(rows) == expected_rows
+        # Each bad row pushes later rows one physical line down.
+        assert [r.line for r in rejected] == [b + k for k, b in enumerate(bad_lines)]
+
+
+def test_fast_and_exact_paths_agree_on_clean_data(tmp_path):
+    names = ("user_id", "song_id", "artist", "duration", "timestamp")
+    body = b"".join(
+        b'u%d,s%d,"Art, %d",%d,2024-01-%02dT00:00:00Z\n' % (i, i % 7, i % 5, i, i % 28 + 1) for i in range(500)
+    )
+    fast = _parse_fast(body, names)
+    exact = _parse_exact(body, names, 2)
+    assert fast is not None and exact.rejected == []
+    assert fast.to_pylist() == exact.table.to_pylist()
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        read_all(tmp_path / "absent.csv")
+
+
+def test_header_without_required_columns(tmp_path):
+    with pytest.raises(InputError, match=r"lacks required column.*duration"):
+        read_all(write(tmp_path, b"user_id,song_id,artist,timestamp\nu,s,a,2024-01-01\n"))
+
+
+def test_empty_file(tmp_path):
+    with pytest.raises(InputError, match="empty file"):
+        read_all(write(tmp_path, b""))

@@ -1,0 +1,60 @@
+"""SIGTERM during a stream: health goes NOT_SERVING at once, the in-flight call still completes."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from music_analytics.api import mapreduce_pb2, mapreduce_pb2_grpc
+from music_analytics.client.demo import free_port, start_service
+from music_analytics.client.encoding import encode_batch
+from tests.test_rpc_errors import good_table
+
+
+def test_sigterm_drains_in_flight_stream(tmp_path):
+    service = start_service("mapreduce", free_port(), free_port(), log_path=tmp_path / "mapreduce.log")
+    try:
+        service.wait_serving()
+        request = mapreduce_pb2.CountPlaysRequest.FromString(encode_batch(good_table(5)))
+        first_sent = threading.Event()
+        release = threading.Event()
+
+        def requests():
+            yield request
+            first_sent.set()
+            release.wait(20)  # the stream stays open across the SIGTERM
+            yield request
+
+        with grpc.insecure_channel(service.address) as channel:
+            stub = mapreduce_pb2_grpc.MapReduceServiceStub(channel)
+            future = stub.CountPlays.future(requests(), timeout=30)
+            assert first_sent.wait(10)
+            time.sleep(0.3)
+            service.process.send_signal(signal.SIGTERM)
+            health = health_pb2_grpc.HealthStub(channel)
+            deadline = time.monotonic() + 10
+            status = None
+            while time.monotonic() < deadline:
+                try:
+                    status = health.Check(
+                        health_pb2.HealthCheckRequest(service="music.v1.MapReduceService"), timeout=1
+                    ).status
+                except grpc.RpcError:
+                    status = None  # the server may refuse new calls while draining
+                if status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                    break
+                time.sleep(0.05)
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert service.process.poll() is None, "server exited before the in-flight stream finished"
+            release.set()
+            reply = future.result(timeout=20)
+        assert reply.events_processed == 10
+        assert service.process.wait(20) == 0
+        log = (tmp_path / "mapreduce.log").read_text()
+        assert '"message": "signal received"' in log and '"message": "stopped"' in log
+    finally:
+        service.stop()
