@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -32,12 +33,32 @@ def free_port(preferred: int | None = None) -> int:
         return s.getsockname()[1]
 
 
+def _preferred_or_any(port: int) -> int:
+    """``port`` if free now, else 0: the service then binds a port of the kernel's choosing
+    itself, which no other process can take between our check and its bind."""
+    return port if free_port(port) == port else 0
+
+
+def _announced_ports(log_path: Path) -> tuple[int, int] | None:
+    """The ports from the service's "serving" log line, once it has written it."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except FileNotFoundError:
+        return None
+    for line in text.splitlines():
+        if '"message": "serving"' in line:
+            entry = json.loads(line)
+            return entry["grpc_port"], entry["metrics_port"]
+    return None
+
+
 @dataclass
 class ServiceProcess:
     name: str
-    grpc_port: int
+    grpc_port: int  # 0 until the service has announced the port it bound
     metrics_port: int
     process: subprocess.Popen
+    log_path: Path
 
     @property
     def address(self) -> str:
@@ -46,13 +67,22 @@ class ServiceProcess:
     def wait_serving(self, timeout: float = 30.0) -> None:
         health_name = SERVICES[self.name].full_name
         deadline = time.monotonic() + timeout
+        while True:
+            ports = _announced_ports(self.log_path)
+            if ports:
+                self.grpc_port, self.metrics_port = ports
+                break
+            if self.process.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-1000:]
+                raise RuntimeError(f"{self.name} exited with code {self.process.returncode} while starting: {tail}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not start within {timeout:g}s")
+            time.sleep(0.02)
         with grpc.insecure_channel(self.address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 if self.process.poll() is not None:
-                    raise RuntimeError(
-                        f"{self.name} exited with code {self.process.returncode} while starting"
-                    )
+                    raise RuntimeError(f"{self.name} exited with code {self.process.returncode} while starting")
                 try:
                     reply = stub.Check(health_pb2.HealthCheckRequest(service=health_name), timeout=1)
                     if reply.status == health_pb2.HealthCheckResponse.SERVING:
@@ -76,15 +106,16 @@ class ServiceProcess:
 
 def start_service(
     name: str,
-    grpc_port: int | None = None,
-    metrics_port: int | None = None,
-    log_path: Path | None = None,
+    log_path: Path,
+    grpc_port: int = 0,
+    metrics_port: int = 0,
     extra_env: dict[str, str] | None = None,
 ) -> ServiceProcess:
-    spec = SERVICES[name]
-    grpc_port = grpc_port or free_port(spec.grpc_port)
-    metrics_port = metrics_port or free_port(spec.metrics_port)
-    log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
+    """Start ``name`` as a process logging to ``log_path``; port 0 lets the service pick one.
+
+    Call ``wait_serving()`` before using the ports.
+    """
+    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
     process = subprocess.Popen(
         [
             sys.executable,
@@ -103,15 +134,14 @@ def start_service(
         stderr=log,
         env=os.environ | (extra_env or {}),
     )
-    return ServiceProcess(name, grpc_port, metrics_port, process)
+    log.close()
+    return ServiceProcess(name, grpc_port, metrics_port, process, log_path)
 
 
 class LocalServices:
     """N replicas of the streaming services and one Recommendation, as processes on loopback."""
 
-    def __init__(
-        self, replicas: int = 1, log_dir: Path | None = None, names: Iterable[str] = tuple(SERVICES)
-    ) -> None:
+    def __init__(self, replicas: int = 1, log_dir: Path | None = None, names: Iterable[str] = tuple(SERVICES)) -> None:
         self.processes: dict[str, list[ServiceProcess]] = {}
         self._replicas = replicas
         self._log_dir = log_dir
@@ -123,11 +153,12 @@ class LocalServices:
                 count = 1 if name == "recommendation" else self._replicas
                 self.processes[name] = []
                 for i in range(count):
-                    log = self._log_dir / f"{name}-{i}.log" if self._log_dir else None
-                    # The first replica gets the well-known port when it is free.
-                    grpc_port = free_port(SERVICES[name].grpc_port if i == 0 else None)
-                    metrics_port = free_port(SERVICES[name].metrics_port if i == 0 else None)
-                    self.processes[name].append(start_service(name, grpc_port, metrics_port, log))
+                    # The first replica gets the well-known ports when they are free.
+                    spec = SERVICES[name]
+                    grpc_port = _preferred_or_any(spec.grpc_port) if i == 0 else 0
+                    metrics_port = _preferred_or_any(spec.metrics_port) if i == 0 else 0
+                    log = self._log_dir / f"{name}-{i}.log"
+                    self.processes[name].append(start_service(name, log, grpc_port, metrics_port))
             for process in self.all():
                 process.wait_serving()
         except BaseException:

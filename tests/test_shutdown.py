@@ -10,13 +10,13 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from music_analytics.api import mapreduce_pb2, mapreduce_pb2_grpc
-from music_analytics.client.demo import free_port, start_service
+from music_analytics.client.demo import start_service
 from music_analytics.client.encoding import encode_batch
 from tests.test_rpc_errors import good_table
 
 
 def test_sigterm_drains_in_flight_stream(tmp_path):
-    service = start_service("mapreduce", free_port(), free_port(), log_path=tmp_path / "mapreduce.log")
+    service = start_service("mapreduce", tmp_path / "mapreduce.log")
     try:
         service.wait_serving()
         request = mapreduce_pb2.CountPlaysRequest.FromString(encode_batch(good_table(5)))
