@@ -27,7 +27,8 @@ def _string_array_message(arr: pa.Array) -> events_pb2.StringArray:
 def _dictionary_column(column: pa.ChunkedArray | pa.Array) -> events_pb2.DictionaryColumn:
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
-    encoded = pc.dictionary_encode(column)
+    # Columns from the fast CSV path arrive dictionary-encoded by the parser already.
+    encoded = column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
     return events_pb2.DictionaryColumn(
         dictionary=_string_array_message(encoded.dictionary),
         indices=encoded.indices.to_numpy().astype("<u4", copy=False).tobytes(),
@@ -48,7 +49,13 @@ def encode_batch(table: pa.Table, columns: tuple[str, ...] = STRING_COLUMNS) -> 
 
 
 def batches(table: pa.Table, rows: int = BATCH_ROWS) -> list[pa.Table]:
-    return [table.slice(start, rows) for start in range(0, table.num_rows, rows)]
+    """Slices of at most ``rows`` rows, cut along the table's chunks (each chunk of a
+    dictionary-typed column has a dictionary of its own)."""
+    out = []
+    for batch in table.to_batches():
+        for start in range(0, batch.num_rows, rows):
+            out.append(pa.Table.from_batches([batch.slice(start, rows)]))
+    return out
 
 
 _P = np.uint64(0x100000001B3)
@@ -86,11 +93,15 @@ def shard_rows(table: pa.Table, key: str, shards: int) -> np.ndarray:
     Partitioning by key (the MapReduce shuffle) makes each replica's result exact for its keys,
     so merging replicas is concatenation, and a lost replica can be rebuilt from the input alone.
     """
+
+    def text(name: str) -> pa.Array:
+        column = table[name].combine_chunks()
+        return column.cast(pa.string()) if pa.types.is_dictionary(column.type) else column
+
     if key == "song":
-        column = pc.binary_join_element_wise(table["artist"], table["song_id"], " - ")
+        encoded = pc.dictionary_encode(pc.binary_join_element_wise(text("artist"), text("song_id"), " - "))
     else:
-        column = table[key]
-    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    encoded = pc.dictionary_encode(column)
+        column = table[key].combine_chunks()
+        encoded = column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
     per_key = (string_hashes(encoded.dictionary) % np.uint64(shards)).astype(np.int64)
     return per_key[encoded.indices.to_numpy()]

@@ -494,13 +494,16 @@ def _recommend(
         )
         trending: list = []
         recommendations: dict[str, list[str]] = {}
+        by_mask: dict[int, list[str]] = {}
         try:
             for reply in call(requests()):
                 if reply.WhichOneof("payload") == "trending":
                     trending = list(reply.trending.songs)
+                    songs = [s.song for s in trending]
+                    by_mask = {m: [s for j, s in enumerate(songs) if m >> j & 1] for m in range(1 << len(songs))}
                 else:
-                    for u in reply.recommendations.users:
-                        recommendations[u.user_id] = list(u.songs)
+                    r = reply.recommendations
+                    recommendations.update(zip(r.user_ids, map(by_mask.__getitem__, r.trending_mask), strict=True))
             return trending, recommendations
         except grpc.RpcError as exc:
             if not _replica_lost(exc):

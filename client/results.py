@@ -48,12 +48,18 @@ def to_json(result: PipelineResult) -> dict[str, Any]:
 
 
 def write_json(document: dict[str, Any], path: Path) -> None:
-    """Write atomically: a reader never sees half a file."""
+    """Write atomically (a reader never sees half a file), one top-level key per line.
+
+    Values are encoded without indentation: only then does ``json`` use its C encoder, which
+    matters with a few hundred thousand users (indent=1 was 5x slower at 1M events).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    encode = json.JSONEncoder(ensure_ascii=False).encode
     with tmp.open("w", encoding="utf-8") as f:
-        json.dump(document, f, ensure_ascii=False, indent=1)
-        f.write("\n")
+        f.write("{\n")
+        f.write(",\n".join(f" {encode(key)}: {encode(value)}" for key, value in document.items()))
+        f.write("\n}\n")
     os.replace(tmp, path)
 
 

@@ -144,3 +144,25 @@ def test_header_without_required_columns(tmp_path):
 def test_empty_file(tmp_path):
     with pytest.raises(InputError, match="empty file"):
         read_all(write(tmp_path, b""))
+
+
+TIMESTAMP_VARIANTS = [
+    "2024-01-01", "2024-01-01T10", "2024-01-01T10Z", "2024-01-01T10:00", "2024-01-01 10:00Z",
+    "2024-01-01T10:00:00", "2024-01-01T10:00:00Z", "2024-01-01T10:00:00.5", "2024-01-01T10:00:00.123456789Z",
+    "2024-01-01T10:00:00+01", "2024-01-01T10:00:00+0100", "2024-01-01T10:00:00-05:30", "2024-01-01T10:00:60Z",
+    "2024-01-01T10:00:00,5Z", "2024-01-01T1000", "20240101", "2024-1-01", " 2024-01-01", "2024-01-01T",
+    "2024-01-01T10:00:00.Z", "2024-02-29", "2023-02-29", "2024-04-31", "2024-01-01T24:00", "2024-01-01t10:00",
+    "2024-01-01T10:00:00+24:00", "9999-12-31T23:59:59Z", "0000-01-01",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("stamp", TIMESTAMP_VARIANTS)
+def test_fast_path_never_accepts_a_timestamp_the_rule_rejects(stamp):
+    import pyarrow as pa
+
+    from music_analytics.client.csv_source import _iso8601_timestamps, check_row
+
+    names = ("user_id", "song_id", "artist", "duration", "timestamp")
+    exact = check_row(["u", "s", "a", "1", stamp], names) is None
+    fast = _iso8601_timestamps(pa.chunked_array([[stamp]]))
+    assert exact or not fast, f"Arrow accepts {stamp!r} but the rule rejects it"

@@ -100,9 +100,11 @@ def test_per_record_call_to_recommendation(services):
     assert proc.returncode == 0, proc.stderr
     replies = [json.loads(part) for part in proc.stdout.replace("}\n{", "}\x00{").split("\x00")]
     assert [s["song"] for s in replies[0]["trending"]["songs"]] == ["Abba - s1", "Ab - s2"]
-    users = {u["user_id"]: u.get("songs", []) for u in replies[1]["recommendations"]["users"]}
+    recs = replies[1]["recommendations"]
+    masks = dict(zip(recs["user_ids"], recs["trending_mask"], strict=True))
     # Exact artist match: "Ab" excludes only its own song, not "Abba"'s (the original's substring bug).
-    assert users == {"u1": ["Abba - s1"], "u2": ["Abba - s1", "Ab - s2"]}
+    # Bit j stands for trending song j: u1 gets song 0 only, u2 both.
+    assert masks == {"u1": 0b01, "u2": 0b11}
 
 
 def test_invalid_record_is_invalid_argument_and_names_the_field(services):

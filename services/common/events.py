@@ -9,7 +9,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from music_analytics.api import events_pb2
-from music_analytics.services.common.columns import InvalidBatchError, indices, string_array, uint32_column
+from music_analytics.services.common.columns import (
+    InvalidBatchError,
+    drop_unused,
+    indices,
+    string_array,
+    uint32_column,
+)
 
 # Columns each service reads; the others may be absent from what it is sent.
 USER, SONG, ARTIST, DURATION = "user_id", "song_id", "artist", "duration"
@@ -52,7 +58,8 @@ def _decode_batch(batch: events_pb2.EventBatch, needed: tuple[str, ...]) -> Even
         dictionary = string_array(column.dictionary.offsets, column.dictionary.data, f"{name}.dictionary")
         if pc.any(pc.equal(pc.binary_length(dictionary), 0)).as_py():
             raise InvalidBatchError(f"{name}.dictionary holds an empty string; {name} must not be empty")
-        columns[name] = DictColumn(dictionary, indices(column.indices, rows, len(dictionary), f"{name}.indices"))
+        idx = indices(column.indices, rows, len(dictionary), f"{name}.indices")
+        columns[name] = DictColumn(*drop_unused(dictionary, idx))
     duration = uint32_column(batch.duration, rows, "duration") if DURATION in needed else None
     return EventColumns(rows, columns, duration)
 

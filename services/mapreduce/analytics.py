@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from music_analytics.services.common.columns import StringIds
+from music_analytics.services.common.columns import PendingBatches, StringIds
 
 TOP_SONGS = 10
 
@@ -33,19 +33,25 @@ def rank_songs(songs: Iterable[SongCount], n: int) -> list[SongCount]:
 
 
 class PlayCounter:
-    """Accumulates play counts per song key over batches of events."""
+    """Accumulates play counts per song key over batches of events.
+
+    Each batch is first reduced to its distinct (artist, song_id) pairs with their plays; the
+    pairs' keys are mapped to ids in bulk every few hundred thousand rows (``PendingBatches``).
+    """
 
     def __init__(self) -> None:
         self._keys = StringIds()
         # For each key id: the artist and song_id of its first play (a key such as "A - B - C"
         # can arise from two splits; the first seen wins).
-        self._artist: list[str] = []
-        self._song_id: list[str] = []
-        self._counts = np.zeros(1024, dtype=np.int64)
+        self._artist = pa.array([], type=pa.string())
+        self._song_id = pa.array([], type=pa.string())
+        self._counts = np.zeros(0, dtype=np.int64)
+        self._pending = PendingBatches()
         self.events = 0
 
     @property
     def distinct_songs(self) -> int:
+        self._flush()
         return len(self._keys)
 
     def add_columns(
@@ -54,28 +60,35 @@ class PlayCounter:
         """Add a batch given as two dictionary-encoded columns (row i: artist_dict[artist_idx[i]])."""
         if len(artist_idx) == 0:
             return
-        pair = artist_idx.astype(np.int64) * max(len(song_dict), 1) + song_idx
-        encoded = pc.dictionary_encode(pa.array(pair, type=pa.int64()))
-        unique_pairs = encoded.dictionary.to_numpy()
-        per_pair = np.bincount(encoded.indices.to_numpy(), minlength=len(unique_pairs))
-        artists = pc.take(artist_dict, pa.array(unique_pairs // max(len(song_dict), 1)))
-        song_ids = pc.take(song_dict, pa.array(unique_pairs % max(len(song_dict), 1)))
-        keys = pc.binary_join_element_wise(artists, song_ids, " - ").to_pylist()
-        before = len(self._keys)
-        ids = self._keys.map(keys)
-        if len(self._keys) > before:
-            # First occurrence of each new id, in id order.
-            first = np.flatnonzero(ids >= before)
-            first = first[np.unique(ids[first], return_index=True)[1]]
-            self._artist.extend(pc.take(artists, pa.array(first)).to_pylist())
-            self._song_id.extend(pc.take(song_ids, pa.array(first)).to_pylist())
-            if len(self._keys) > len(self._counts):
-                grown = np.zeros(max(len(self._keys), 2 * len(self._counts)), dtype=np.int64)
-                grown[: len(self._counts)] = self._counts
-                self._counts = grown
-        # add.at, not +=: two (artist, song) pairs may share a key, so ids can repeat.
-        np.add.at(self._counts, ids, per_pair)
+        width = max(len(song_dict), 1)
+        encoded = pc.dictionary_encode(pa.array(artist_idx.astype(np.int64) * width + song_idx))
+        pairs = encoded.dictionary.to_numpy()
+        plays = np.bincount(encoded.indices.to_numpy(), minlength=len(pairs))
+        artists = pc.take(artist_dict, pa.array(pairs // width))
+        song_ids = pc.take(song_dict, pa.array(pairs % width))
+        self._pending.add((artists, song_ids, plays), len(artist_idx))
         self.events += len(artist_idx)
+        if self._pending.due(len(self._keys)):
+            self._flush()
+
+    def _flush(self) -> None:
+        items = self._pending.take()
+        if not items:
+            return
+        artists = [a for a, _, _ in items]
+        song_ids = [s for _, s, _ in items]
+        before = len(self._keys)
+        ids = np.concatenate(self._keys.map_arrays([pc.binary_join_element_wise(a, s, " - ") for a, s, _ in items]))
+        plays = np.concatenate([p for _, _, p in items])
+        count = len(self._keys)
+        if count > before:
+            new = np.flatnonzero(ids >= before)
+            first = new[np.unique(ids[new], return_index=True)[1]]  # ids are assigned in first-seen order
+            self._artist = pa.concat_arrays([self._artist, pc.take(pa.concat_arrays(artists), pa.array(first))])
+            self._song_id = pa.concat_arrays([self._song_id, pc.take(pa.concat_arrays(song_ids), pa.array(first))])
+            self._counts = np.concatenate([self._counts, np.zeros(count - before, dtype=np.int64)])
+        # A key may repeat within a flush (same pair in two batches, or two pairs spelling one key).
+        self._counts += np.bincount(ids, weights=plays, minlength=count).astype(np.int64)
 
     def add_events(self, events: Iterable[tuple[str, str]]) -> None:
         """Add plain (artist, song_id) records."""
@@ -91,14 +104,21 @@ class PlayCounter:
 
     def top(self, n: int = TOP_SONGS) -> list[SongCount]:
         """The ``n`` most played songs, ties by key ascending."""
+        self._flush()
         count = len(self._keys)
         if count == 0 or n <= 0:
             return []
-        counts = self._counts[:count]
+        counts = self._counts
         # Every song tied with the n-th count is a candidate; only those need a string sort.
         threshold = np.partition(counts, count - n)[count - n] if count > n else counts.min()
         candidates = np.flatnonzero(counts >= threshold)
+        keys = self._keys.get(candidates)
+        artists = pc.take(self._artist, pa.array(candidates)).to_pylist()
+        song_ids = pc.take(self._song_id, pa.array(candidates)).to_pylist()
         return rank_songs(
-            (SongCount(self._keys.values[i], self._artist[i], self._song_id[i], int(counts[i])) for i in candidates),
+            (
+                SongCount(k, a, s, int(counts[i]))
+                for k, a, s, i in zip(keys, artists, song_ids, candidates, strict=True)
+            ),
             n,
         )

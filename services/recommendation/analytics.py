@@ -29,9 +29,16 @@ class Recommender:
 
     def __init__(self, trending_songs: Sequence[Candidate]) -> None:
         self.trending = list(trending_songs)
-        self._everything = [c.song for c in self.trending]
-        # Only the artists of trending songs can exclude anything: precompute their lists.
-        self._without = {c.artist: [s.song for s in self.trending if s.artist != c.artist] for c in self.trending}
+        self._everything = (1 << len(self.trending)) - 1
+        # Only the artists of trending songs can exclude anything: precompute their masks.
+        self._without = {
+            c.artist: sum(1 << j for j, s in enumerate(self.trending) if s.artist != c.artist) for c in self.trending
+        }
+
+    def mask_for(self, top_artist: str) -> int:
+        """Bit j set: trending song j is recommended to a user whose top artist is ``top_artist``."""
+        return self._without.get(top_artist, self._everything)
 
     def for_user(self, top_artist: str) -> list[str]:
-        return self._without.get(top_artist, self._everything)
+        mask = self.mask_for(top_artist)
+        return [c.song for j, c in enumerate(self.trending) if mask >> j & 1]

@@ -61,12 +61,9 @@ class RecommendationServicer(recommendation_pb2_grpc.RecommendationServiceServic
                         f"message {index}: {len(users.user_ids)} user_ids but {len(users.top_artist)} top_artist",
                     )
                 start = time.perf_counter()
-                for_user = recommender.for_user
+                mask_for = recommender.mask_for
                 reply = recommendation_pb2.Recommendations(
-                    users=[
-                        recommendation_pb2.UserRecommendations(user_id=u, songs=for_user(a))
-                        for u, a in zip(users.user_ids, users.top_artist, strict=True)
-                    ]
+                    user_ids=users.user_ids, trending_mask=[mask_for(a) for a in users.top_artist]
                 )
                 self.m.aggregation.labels(service).observe(time.perf_counter() - start)
                 self.m.events.labels(service).inc(len(users.user_ids))

@@ -9,18 +9,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from music_analytics.services.common.columns import KeyCounter, StringIds, group_count
+from music_analytics.services.common.columns import KeyCounter, PendingBatches, StringIds, group_count
 
 TOP_USERS = 5
 _ARTIST_BITS = 32
 
 
 @dataclass(frozen=True)
-class UserSummary:
-    user_id: str
-    total_time: int
-    top_artist: str
-    plays: int
+class UserColumns:
+    """Users as parallel lists: entry i of each belongs to user_ids[i]."""
+
+    user_ids: list[str]
+    total_time: list[int]  # seconds listened
+    top_artist: list[str]  # most played artist, ties by name ascending
+    plays: list[int]
 
 
 def rank_users(users: Iterable[tuple[str, int]], n: int) -> list[tuple[str, int]]:
@@ -29,27 +31,35 @@ def rank_users(users: Iterable[tuple[str, int]], n: int) -> list[tuple[str, int]
 
 
 class UserStats:
-    """Accumulates per-user listening time and per-(user, artist) play counts over batches."""
+    """Accumulates per-user listening time and per-(user, artist) play counts over batches.
+
+    Batches wait in ``PendingBatches`` until their user and artist strings can be mapped to ids
+    in bulk; all per-row work is numpy.
+    """
 
     def __init__(self) -> None:
         self._users = StringIds()
         self._artists = StringIds()
-        self._time = np.zeros(1024, dtype=np.int64)
-        self._plays = np.zeros(1024, dtype=np.int64)
+        self._time = np.zeros(0, dtype=np.int64)
+        self._plays = np.zeros(0, dtype=np.int64)
         # (user id << 32 | artist id) -> plays: far smaller than any dataframe of the pairs.
         self._pairs = KeyCounter()
+        self._pending = PendingBatches()
         self.events = 0
 
     @property
     def distinct_users(self) -> int:
+        self._flush()
         return len(self._users)
 
     @property
     def distinct_artists(self) -> int:
+        self._flush()
         return len(self._artists)
 
     @property
     def distinct_pairs(self) -> int:
+        self._flush()
         return len(self._pairs)
 
     def add_columns(
@@ -63,18 +73,30 @@ class UserStats:
         """Add a batch given as dictionary-encoded user and artist columns and a duration column."""
         if len(user_idx) == 0:
             return
-        users = self._users.map(user_dict.to_pylist())[user_idx]
-        artists = self._artists.map(artist_dict.to_pylist())[artist_idx]
+        self._pending.add((user_dict, user_idx, artist_dict, artist_idx, duration), len(user_idx))
+        self.events += len(user_idx)
+        if self._pending.due(len(self._users)):
+            self._flush()
+
+    def _flush(self) -> None:
+        items = self._pending.take()
+        if not items:
+            return
+        user_maps = self._users.map_arrays([u for u, _, _, _, _ in items])
+        artist_maps = self._artists.map_arrays([a for _, _, a, _, _ in items])
+        users = np.concatenate([m[idx] for m, (_, idx, _, _, _) in zip(user_maps, items, strict=True)])
+        artists = np.concatenate([m[idx] for m, (_, _, _, idx, _) in zip(artist_maps, items, strict=True)])
+        duration = np.concatenate([d for _, _, _, _, d in items]).astype(np.int64)
         n = len(self._users)
         if n > len(self._time):
-            size = max(n, 2 * len(self._time))
-            self._time = np.concatenate([self._time, np.zeros(size - len(self._time), dtype=np.int64)])
-            self._plays = np.concatenate([self._plays, np.zeros(size - len(self._plays), dtype=np.int64)])
-        # float64 weights are exact here: one batch sums at most 2^16 rows of < 2^32 seconds.
-        self._time[:n] += np.bincount(users, weights=duration, minlength=n).astype(np.int64)
-        self._plays[:n] += np.bincount(users, minlength=n)
+            self._time = np.concatenate([self._time, np.zeros(n - len(self._time), dtype=np.int64)])
+            self._plays = np.concatenate([self._plays, np.zeros(n - len(self._plays), dtype=np.int64)])
+        # bincount sums in float64: exact only below 2^53, so add the 16-bit halves separately.
+        low = np.bincount(users, weights=duration & 0xFFFF, minlength=n).astype(np.int64)
+        high = np.bincount(users, weights=duration >> 16, minlength=n).astype(np.int64)
+        self._time += low + (high << 16)
+        self._plays += np.bincount(users, minlength=n)
         self._pairs.add((users << _ARTIST_BITS) | artists)
-        self.events += len(user_idx)
 
     def add_events(self, events: Iterable[tuple[str, str, int]]) -> None:
         """Add plain (user_id, artist, duration) records."""
@@ -97,11 +119,12 @@ class UserStats:
 
     def top_artist_ids(self) -> np.ndarray:
         """For each user id, the artist id with the most plays; ties by artist name ascending."""
+        self._flush()
         n_users = len(self._users)
         keys, counts = self._pairs.result()
         if n_users == 0:
             return np.empty(0, dtype=np.int64)
-        names = pa.array(self._artists.values, type=pa.string())
+        names = self._artists.values
         by_name = pc.sort_indices(names).to_numpy()  # artist ids in name order
         rank = np.empty(len(by_name), dtype=np.int64)
         rank[by_name] = np.arange(len(by_name))
@@ -114,27 +137,31 @@ class UserStats:
         top[best_users] = by_name[len(rank) - 1 - (best & ((1 << _ARTIST_BITS) - 1))]
         return top
 
-    def summaries(self, chunk: int = 50_000) -> Iterator[list[UserSummary]]:
-        """Every user's summary in first-seen order, ``chunk`` users at a time."""
+    def summaries(self, chunk: int = 50_000) -> Iterator[UserColumns]:
+        """Every user's summary in first-seen order, ``chunk`` users at a time, as columns."""
         top = self.top_artist_ids()
         artists = self._artists.values
         users = self._users.values
         for start in range(0, len(users), chunk):
             stop = min(start + chunk, len(users))
-            yield [
-                UserSummary(users[i], int(self._time[i]), artists[top[i]], int(self._plays[i]))
-                for i in range(start, stop)
-            ]
+            yield UserColumns(
+                user_ids=users.slice(start, stop - start).to_pylist(),
+                total_time=self._time[start:stop].tolist(),
+                top_artist=pc.take(artists, pa.array(top[start:stop])).to_pylist(),
+                plays=self._plays[start:stop].tolist(),
+            )
 
     def top_users(self, n: int = TOP_USERS) -> list[tuple[str, int]]:
         """The ``n`` users with the highest total time, ties by user_id ascending."""
+        self._flush()
         count = len(self._users)
         if count == 0 or n <= 0:
             return []
         times = self._time[:count]
         threshold = np.partition(times, count - n)[count - n] if count > n else times.min()
         candidates = np.flatnonzero(times >= threshold)
-        return rank_users(((self._users.values[i], int(times[i])) for i in candidates), n)
+        names = self._users.get(candidates)
+        return rank_users(((name, int(times[i])) for name, i in zip(names, candidates, strict=True)), n)
 
 
 def group_count_max(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -143,4 +170,4 @@ def group_count_max(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, n
     return grouped.column("k").to_numpy(), grouped.column("v_max").to_numpy()
 
 
-__all__ = ["TOP_USERS", "UserStats", "UserSummary", "group_count", "rank_users"]
+__all__ = ["TOP_USERS", "UserColumns", "UserStats", "group_count", "rank_users"]

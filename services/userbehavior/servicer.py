@@ -53,10 +53,10 @@ class UserBehaviorServicer(userbehavior_pb2_grpc.UserBehaviorServiceServicer):
             for chunk in stats.summaries(USERS_PER_MESSAGE):
                 yield userbehavior_pb2.AnalyzeUsersResponse(
                     users=userbehavior_pb2.UserSummaries(
-                        user_ids=[u.user_id for u in chunk],
-                        total_time=[u.total_time for u in chunk],
-                        top_artist=[u.top_artist for u in chunk],
-                        plays=[u.plays for u in chunk],
+                        user_ids=chunk.user_ids,
+                        total_time=chunk.total_time,
+                        top_artist=chunk.top_artist,
+                        plays=chunk.plays,
                     ),
                     **counts,
                 )
