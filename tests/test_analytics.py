@@ -69,7 +69,7 @@ def test_key_counter_folds_to_the_same_counts():
     rng = np.random.default_rng(1)
     keys = rng.integers(0, 5000, size=200_000)
     counter = KeyCounter()
-    counter.MIN_FLUSH = 1000
+    counter.RUN_ROWS = 1000
     for part in np.array_split(keys, 97):
         counter.add(part)
     got_keys, got_counts = counter.result()
@@ -83,7 +83,7 @@ def test_key_counter_folds_to_the_same_counts():
 def small_flushes(monkeypatch):
     """Force many bulk mappings and folds on a small input, as 10M events would."""
     monkeypatch.setattr(columns.PendingBatches, "MIN_ROWS", 3000)
-    monkeypatch.setattr(columns.KeyCounter, "MIN_FLUSH", 5000)
+    monkeypatch.setattr(columns.KeyCounter, "RUN_ROWS", 5000)
 
 
 def test_bulk_paths_equal_the_oracle(tmp_path, small_flushes):

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from music_analytics.services.common.columns import KeyCounter, PendingBatches, StringIds, group_count
+from music_analytics.services.common.columns import KeyCounter, PendingBatches, StringIds
 
 TOP_USERS = 5
 _ARTIST_BITS = 32
@@ -121,20 +121,21 @@ class UserStats:
         """For each user id, the artist id with the most plays; ties by artist name ascending."""
         self._flush()
         n_users = len(self._users)
-        keys, counts = self._pairs.result()
+        keys, counts = self._pairs.result()  # sorted by key, so each user's pairs are contiguous
         if n_users == 0:
             return np.empty(0, dtype=np.int64)
-        names = self._artists.values
-        by_name = pc.sort_indices(names).to_numpy()  # artist ids in name order
-        rank = np.empty(len(by_name), dtype=np.int64)
-        rank[by_name] = np.arange(len(by_name))
+        by_name = pc.sort_indices(self._artists.values).to_numpy()  # artist ids in name order
+        n_artists = len(by_name)
+        rank = np.empty(n_artists, dtype=np.int64)
+        rank[by_name] = np.arange(n_artists)
         users = keys >> _ARTIST_BITS
         artists = keys & ((1 << _ARTIST_BITS) - 1)
         # One score orders (plays desc, name asc): the max per user is the answer.
-        score = counts * (1 << _ARTIST_BITS) + (len(rank) - 1 - rank[artists])
-        best_users, best = group_count_max(users, score)
+        score = (counts << _ARTIST_BITS) | (n_artists - 1 - rank[artists])
+        starts = np.flatnonzero(np.concatenate(([True], users[1:] != users[:-1])))
+        best = np.maximum.reduceat(score, starts)
         top = np.full(n_users, -1, dtype=np.int64)
-        top[best_users] = by_name[len(rank) - 1 - (best & ((1 << _ARTIST_BITS) - 1))]
+        top[users[starts]] = by_name[n_artists - 1 - (best & ((1 << _ARTIST_BITS) - 1))]
         return top
 
     def summaries(self, chunk: int = 50_000) -> Iterator[UserColumns]:
@@ -164,10 +165,4 @@ class UserStats:
         return rank_users(((name, int(times[i])) for name, i in zip(names, candidates, strict=True)), n)
 
 
-def group_count_max(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct keys and the maximum of ``values`` for each."""
-    grouped = pa.table({"k": keys, "v": values}).group_by("k", use_threads=False).aggregate([("v", "max")])
-    return grouped.column("k").to_numpy(), grouped.column("v_max").to_numpy()
-
-
-__all__ = ["TOP_USERS", "UserColumns", "UserStats", "group_count", "rank_users"]
+__all__ = ["TOP_USERS", "UserColumns", "UserStats", "rank_users"]
