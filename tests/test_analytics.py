@@ -72,11 +72,16 @@ def test_key_counter_folds_to_the_same_counts():
     counter.RUN_ROWS = 1000
     for part in np.array_split(keys, 97):
         counter.add(part)
-    got_keys, got_counts = counter.result()
     expected_keys, expected_counts = np.unique(keys, return_counts=True)
-    order = np.argsort(got_keys)
-    assert got_keys[order].tolist() == expected_keys.tolist()
-    assert got_counts[order].tolist() == expected_counts.tolist()
+    for rows in (10, 777, 1 << 20):
+        parts = list(counter.merged(rows=rows, align_bits=4))
+        got_keys = np.concatenate([k for k, _ in parts])
+        assert got_keys.tolist() == expected_keys.tolist()  # ascending, each key once
+        assert np.concatenate([c for _, c in parts]).tolist() == expected_counts.tolist()
+        # Aligned ranges never split keys that share their high bits.
+        highs = [set((k >> 4).tolist()) for k, _ in parts]
+        assert sum(len(h) for h in highs) == len(set().union(*highs))
+    assert len(counter) == len(expected_keys)
 
 
 @pytest.fixture

@@ -5,6 +5,10 @@ Plain data in, plain data out; nothing here knows about gRPC.
 
 from __future__ import annotations
 
+import functools
+import itertools
+from collections.abc import Iterator
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -132,9 +136,10 @@ class KeyCounter:
     """Counts int64 keys with memory bounded by the number of distinct keys.
 
     Incoming keys are sorted into runs of distinct (key, count), and runs are merged like a
-    binary counter (a run is merged with the one before it once it is half its size), so each
-    key is merged O(log n) times, and merging two sorted runs is a linear timsort pass.
-    Sorting measured 100x faster than Arrow's hash aggregation here (5M keys: 0.1 s vs 1.6 s).
+    binary counter (a run is merged into the one before it once it is half its size), so each
+    key is merged O(log n) times. Sorting measured far cheaper than Arrow's hash aggregation
+    here (5M keys: 0.1 s against 1.6 s). Results are read back range by range (``merged``),
+    so the state is never copied whole.
     """
 
     RUN_ROWS = 1 << 20
@@ -151,7 +156,7 @@ class KeyCounter:
             self._seal()
 
     def __len__(self) -> int:
-        return len(self.result()[0])
+        return sum(len(keys) for keys, _ in self.merged())
 
     def _seal(self) -> None:
         if not self._pending:
@@ -162,24 +167,43 @@ class KeyCounter:
         self._runs.append(_distinct_sorted(keys))
         while len(self._runs) > 1 and 2 * len(self._runs[-1][0]) >= len(self._runs[-2][0]):
             newer = self._runs.pop()
-            self._runs.append(_merge_runs(self._runs.pop(), newer))
+            self._runs.append(_merge_into(self._runs.pop(), newer))
 
-    def result(self) -> tuple[np.ndarray, np.ndarray]:
-        """Distinct keys in ascending order and their counts."""
+    def merged(self, rows: int = 1 << 20, align_bits: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Distinct keys in ascending order with their counts, about ``rows`` keys at a time.
+
+        Ranges start at multiples of ``2**align_bits``, so keys sharing their high bits (one
+        user's pairs) always come in the same range.
+        """
         self._seal()
-        while len(self._runs) > 1:
-            newer = self._runs.pop()
-            self._runs.append(_merge_runs(self._runs.pop(), newer))
         if not self._runs:
-            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-        return self._runs[0]
+            return
+        largest = max(self._runs, key=lambda run: len(run[0]))[0]
+        bounds = np.unique((largest[::rows] >> align_bits) << align_bits)[1:]
+        edges = [None, *bounds.tolist(), None]
+        for lo, hi in itertools.pairwise(edges):
+            parts = []
+            for keys, counts in self._runs:
+                a = 0 if lo is None else int(np.searchsorted(keys, lo))
+                b = len(keys) if hi is None else int(np.searchsorted(keys, hi))
+                if b > a:
+                    parts.append((keys[a:b], counts[a:b]))
+            if parts:
+                yield functools.reduce(_merge_into, parts)
 
 
-def _merge_runs(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    keys = np.concatenate((a[0], b[0]))
-    counts = np.concatenate((a[1], b[1]))
-    order = np.argsort(keys, kind="stable")  # two sorted runs: one merge pass
-    return _distinct_sorted(keys[order], counts[order])
+def _merge_into(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Merge run ``b`` into run ``a`` (both sorted, distinct): add the counts of shared keys,
+    insert the others. Allocates the output once, instead of sorting a concatenation."""
+    a_keys, a_counts = a
+    b_keys, b_counts = b
+    at = np.searchsorted(a_keys, b_keys)
+    shared = at < len(a_keys)
+    shared[shared] = a_keys[at[shared]] == b_keys[shared]
+    counts = a_counts.copy()
+    counts[at[shared]] += b_counts[shared]
+    new = ~shared
+    return np.insert(a_keys, at[new], b_keys[new]), np.insert(counts, at[new], b_counts[new])
 
 
 def take_strings(values: list[str] | pa.Array, ids: np.ndarray) -> pa.Array:

@@ -121,21 +121,21 @@ class UserStats:
         """For each user id, the artist id with the most plays; ties by artist name ascending."""
         self._flush()
         n_users = len(self._users)
-        keys, counts = self._pairs.result()  # sorted by key, so each user's pairs are contiguous
-        if n_users == 0:
-            return np.empty(0, dtype=np.int64)
         by_name = pc.sort_indices(self._artists.values).to_numpy()  # artist ids in name order
         n_artists = len(by_name)
         rank = np.empty(n_artists, dtype=np.int64)
         rank[by_name] = np.arange(n_artists)
-        users = keys >> _ARTIST_BITS
-        artists = keys & ((1 << _ARTIST_BITS) - 1)
-        # One score orders (plays desc, name asc): the max per user is the answer.
-        score = (counts << _ARTIST_BITS) | (n_artists - 1 - rank[artists])
-        starts = np.flatnonzero(np.concatenate(([True], users[1:] != users[:-1])))
-        best = np.maximum.reduceat(score, starts)
+        low = (1 << _ARTIST_BITS) - 1
         top = np.full(n_users, -1, dtype=np.int64)
-        top[users[starts]] = by_name[n_artists - 1 - (best & ((1 << _ARTIST_BITS) - 1))]
+        # Range by range of users (each user's pairs are contiguous and never split): the
+        # temporaries stay a slice of the state, whatever the number of pairs.
+        for keys, counts in self._pairs.merged(align_bits=_ARTIST_BITS):
+            users = keys >> _ARTIST_BITS
+            # One score orders (plays desc, name asc): the max per user is the answer.
+            score = (counts << _ARTIST_BITS) | (n_artists - 1 - rank[keys & low])
+            starts = np.flatnonzero(np.concatenate(([True], users[1:] != users[:-1])))
+            best = np.maximum.reduceat(score, starts)
+            top[users[starts]] = by_name[n_artists - 1 - (best & low)]
         return top
 
     def summaries(self, chunk: int = 50_000) -> Iterator[UserColumns]:
