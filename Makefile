@@ -31,8 +31,9 @@ test: venv
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -ra
 
+# Pipeline against DuckDB at 1M and 10M events (generated and cached in bench/data/): see README.
 bench: venv
-	$(BIN)/music-analytics bench
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) proto/gen build *.egg-info .pytest_cache

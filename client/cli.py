@@ -1,4 +1,4 @@
-"""The `music-analytics` command: run, serve, demo, generate, bench."""
+"""The `music-analytics` command: run, serve, demo, generate."""
 
 from __future__ import annotations
 
@@ -85,8 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--out", required=True)
 
-    bench = sub.add_parser("bench", help="benchmark the pipeline against DuckDB", add_help=False)
-    bench.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -103,10 +101,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         generate(args.out, args.events, args.seed)
         return EXIT_OK
-    if args.command == "bench":
-        from music_analytics.client.bench import main as bench_main
-
-        return bench_main(args.args)
     raise AssertionError(args.command)
 
 
