@@ -24,9 +24,7 @@ def _add_run_arguments(p: argparse.ArgumentParser, data_required: bool) -> None:
         help="CSV with header user_id,song_id,artist,duration,timestamp",
     )
     p.add_argument("--out", default=DEFAULT_RESULTS, help=f"results JSON path (default {DEFAULT_RESULTS})")
-    p.add_argument(
-        "--strict", action="store_true", help="stop at the first bad row (exit 3) instead of skipping it"
-    )
+    p.add_argument("--strict", action="store_true", help="stop at the first bad row (exit 3) instead of skipping it")
     p.add_argument("--quiet", action="store_true", help="print no summary")
 
 
@@ -50,18 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long to wait for every service to report SERVING (default 10)",
     )
-    run.add_argument(
-        "--pushgateway", metavar="URL", help="push the run's metrics to this Prometheus Pushgateway"
-    )
+    run.add_argument("--pushgateway", metavar="URL", help="push the run's metrics to this Prometheus Pushgateway")
     run.add_argument(
         "--results-configmap", metavar="NAME", help="in Kubernetes: also write the summary to this ConfigMap"
     )
 
     serve = sub.add_parser("serve", help="run one service")
     serve.add_argument("service", choices=("mapreduce", "userbehavior", "recommendation"))
-    serve.add_argument(
-        "--host", default=None, help="address to bind (default [::], env MUSIC_ANALYTICS_HOST)"
-    )
+    serve.add_argument("--host", default=None, help="address to bind (default [::], env MUSIC_ANALYTICS_HOST)")
     serve.add_argument("--port", type=int, default=None, help="gRPC port (env MUSIC_ANALYTICS_GRPC_PORT)")
     serve.add_argument(
         "--metrics-port",

@@ -25,6 +25,7 @@ import pyarrow.csv as pa_csv
 REQUIRED = ("user_id", "song_id", "artist", "duration", "timestamp")
 STRING_COLUMNS = ("user_id", "song_id", "artist")
 MAX_DURATION = 2**32 - 1
+REJECT_REASONS = ("wrong_field_count", "invalid_utf8", "empty_field", "invalid_duration", "invalid_timestamp")
 CHUNK_BYTES = 16 * 1024 * 1024
 
 # ISO 8601 as used for event times: a calendar date, optionally a time (minutes, seconds and a

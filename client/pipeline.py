@@ -23,7 +23,7 @@ import pyarrow as pa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from music_analytics.api import mapreduce_pb2, recommendation_pb2, userbehavior_pb2
-from music_analytics.client.csv_source import Chunk, Rejection, read_events, read_header
+from music_analytics.client.csv_source import REJECT_REASONS, Chunk, Rejection, read_events, read_header
 from music_analytics.client.encoding import batches, encode_batch, shard_rows
 from music_analytics.client.targets import resolve
 
@@ -51,9 +51,7 @@ class ServiceInfo:
 
 
 MAPREDUCE = ServiceInfo("mapreduce", "music.v1.MapReduceService", "/music.v1.MapReduceService/CountPlays")
-USERBEHAVIOR = ServiceInfo(
-    "userbehavior", "music.v1.UserBehaviorService", "/music.v1.UserBehaviorService/AnalyzeUsers"
-)
+USERBEHAVIOR = ServiceInfo("userbehavior", "music.v1.UserBehaviorService", "/music.v1.UserBehaviorService/AnalyzeUsers")
 RECOMMENDATION = ServiceInfo(
     "recommendation", "music.v1.RecommendationService", "/music.v1.RecommendationService/Recommend"
 )
@@ -85,9 +83,7 @@ class Endpoint:
             except grpc.RpcError as exc:
                 last = f"{exc.code().name}: {exc.details()}"
             if time.monotonic() >= deadline:
-                raise ServiceError(
-                    f"{self.service.name} at {self.address} is not serving after {timeout:g}s ({last})"
-                )
+                raise ServiceError(f"{self.service.name} at {self.address} is not serving after {timeout:g}s ({last})")
             time.sleep(0.1)
 
     def close(self) -> None:
@@ -97,9 +93,7 @@ class Endpoint:
 class StreamCall:
     """One streaming call fed from a bounded queue (backpressure), answered in a thread."""
 
-    def __init__(
-        self, endpoint: Endpoint, deserializer: Callable[[bytes], Any], unary_response: bool
-    ) -> None:
+    def __init__(self, endpoint: Endpoint, deserializer: Callable[[bytes], Any], unary_response: bool) -> None:
         self.endpoint = endpoint
         self._queue: queue.Queue = queue.Queue(maxsize=4)
         self.responses: list[Any] = []
@@ -107,9 +101,7 @@ class StreamCall:
         self._done = threading.Event()
         make = endpoint.channel.stream_unary if unary_response else endpoint.channel.stream_stream
         # No request serializer: requests are bytes encoded once and shared by both services.
-        self._call = make(
-            endpoint.service.method, request_serializer=None, response_deserializer=deserializer
-        )
+        self._call = make(endpoint.service.method, request_serializer=None, response_deserializer=deserializer)
         self._unary = unary_response
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"call-{endpoint.address}")
         self._thread.start()
@@ -260,9 +252,7 @@ class ShardedStream:
 
     def _check_recoverable(self, call: StreamCall) -> None:
         if not _replica_lost(call.error):
-            raise ServiceError(
-                f"{self.service.name} at {call.endpoint.address} failed: {_describe(call.error)}"
-            )
+            raise ServiceError(f"{self.service.name} at {call.endpoint.address} failed: {_describe(call.error)}")
 
     def _pick_endpoint(self) -> Endpoint:
         live = [e for e in self.endpoints if e.alive]
@@ -355,7 +345,8 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
     try:
         live_recommendation = _connect_all(streams, recommendation_endpoints, config.wait_ready)
         rejected: list[Rejection] = []
-        by_reason: dict[str, int] = {}
+        # Every reason, zeros included: a dashboard panel of reasons is never empty.
+        by_reason: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
         events = 0
         offset = 0
         for chunk in read_events(path, strict=config.strict):
@@ -471,18 +462,13 @@ def _recommend(
     def requests() -> Iterator[recommendation_pb2.RecommendRequest]:
         yield recommendation_pb2.RecommendRequest(
             candidates=recommendation_pb2.Candidates(
-                songs=[
-                    recommendation_pb2.CandidateSong(song=s.song, artist=s.artist, plays=s.plays)
-                    for s in top_songs
-                ]
+                songs=[recommendation_pb2.CandidateSong(song=s.song, artist=s.artist, plays=s.plays) for s in top_songs]
             )
         )
         for start in range(0, len(users), USERS_PER_MESSAGE):
             part = users[start : start + USERS_PER_MESSAGE]
             yield recommendation_pb2.RecommendRequest(
-                users=recommendation_pb2.UserProfiles(
-                    user_ids=[u[0] for u in part], top_artist=[u[2] for u in part]
-                )
+                users=recommendation_pb2.UserProfiles(user_ids=[u[0] for u in part], top_artist=[u[2] for u in part])
             )
 
     errors = []

@@ -20,8 +20,7 @@ def to_json(result: PipelineResult) -> dict[str, Any]:
     )
     return {
         "workflow": WORKFLOW,
-        "performance": {k: round(v, 4) for k, v in timings.items()}
-        | {"events_per_second": round(events_per_second)},
+        "performance": {k: round(v, 4) for k, v in timings.items()} | {"events_per_second": round(events_per_second)},
         "mapreduce_results": {
             "top_songs": {s.song: s.plays for s in result.top_songs},
             "distinct_songs": result.distinct_songs,
@@ -39,8 +38,7 @@ def to_json(result: PipelineResult) -> dict[str, Any]:
         "rows_rejected": sum(result.rejected_by_reason.values()),
         "rows_rejected_by_reason": dict(sorted(result.rejected_by_reason.items())),
         "rejected_examples": [
-            {"line": r.line, "reason": r.reason, "field": r.field, "message": r.message}
-            for r in result.rejected
+            {"line": r.line, "reason": r.reason, "field": r.field, "message": r.message} for r in result.rejected
         ],
         "replicas": result.replicas,
         "replica_recoveries": result.recoveries,
@@ -75,7 +73,7 @@ def print_summary(document: dict[str, Any], out: TextIO, data: str, results_path
     if rejected > len(document["rejected_examples"][:5]):
         w(
             f"  ... {rejected - len(document['rejected_examples'][:5]):,} more; by reason: "
-            f"{document['rows_rejected_by_reason']}\n"
+            f"{ {k: v for k, v in document['rows_rejected_by_reason'].items() if v} }\n"
         )
     w("\nTop songs (plays)\n")
     for i, (song, plays) in enumerate(document["mapreduce_results"]["top_songs"].items(), 1):

@@ -43,9 +43,7 @@ def generate(out_dir: Path) -> list[Path]:
             dst = out_dir / src.name
             dst.write_text(_IMPORT.sub(f"from {PACKAGE} import ", src.read_text()))
             written.append(dst)
-    (out_dir / "__init__.py").write_text(
-        '"""Generated from proto/music/v1 by proto/generate.py; do not edit."""\n'
-    )
+    (out_dir / "__init__.py").write_text('"""Generated from proto/music/v1 by proto/generate.py; do not edit."""\n')
     return written
 
 

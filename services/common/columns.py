@@ -15,7 +15,11 @@ import pyarrow.compute as pc
 
 
 class InvalidBatchError(ValueError):
-    """A columnar batch whose buffers do not describe a consistent table."""
+    """Stream input that does not describe valid events; ``reason`` labels the rejection metric."""
+
+    def __init__(self, message: str, reason: str = "invalid_batch") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def string_array(offsets: bytes, data: bytes, what: str) -> pa.Array:

@@ -57,7 +57,7 @@ def _decode_batch(batch: events_pb2.EventBatch, needed: tuple[str, ...]) -> Even
         column = getattr(batch, name)
         dictionary = string_array(column.dictionary.offsets, column.dictionary.data, f"{name}.dictionary")
         if pc.any(pc.equal(pc.binary_length(dictionary), 0)).as_py():
-            raise InvalidBatchError(f"{name}.dictionary holds an empty string; {name} must not be empty")
+            raise InvalidBatchError(f"{name}.dictionary holds an empty string; {name} must not be empty", "empty_field")
         idx = indices(column.indices, rows, len(dictionary), f"{name}.indices")
         columns[name] = DictColumn(*drop_unused(dictionary, idx))
     duration = uint32_column(batch.duration, rows, "duration") if DURATION in needed else None
@@ -72,7 +72,7 @@ def _decode_records(records: events_pb2.PlayEvents, needed: tuple[str, ...]) -> 
     for i, event in enumerate(events):
         for name in (USER, SONG, ARTIST):
             if not getattr(event, name):
-                raise InvalidBatchError(f"records.events[{i}].{name} is empty")
+                raise InvalidBatchError(f"records.events[{i}].{name} is empty", "empty_field")
     columns = {}
     for name in needed:
         if name == DURATION:

@@ -30,7 +30,9 @@ _CODE_NAMES[grpc.StatusCode.OK] = "OK"
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 BATCH_SIZE_BUCKETS = (1, 10, 100, 1_000, 4_096, 16_384, 32_768, 65_536, 131_072)
 
-REJECT_REASONS = ("empty_field", "invalid_duration", "invalid_batch", "oversized")
+# Why a service refused stream input. (Messages over the size limit are refused by gRPC before
+# any handler runs: they show as grpc_code="ResourceExhausted" in grpc_server_handled_total.)
+REJECT_REASONS = ("empty_field", "invalid_batch")
 
 
 def grpc_type(request_streaming: bool, response_streaming: bool) -> str:

@@ -37,7 +37,7 @@ class MapReduceServicer(mapreduce_pb2_grpc.MapReduceServiceServicer):
                 try:
                     batch = decode_chunk(request.events, (ARTIST, SONG))
                 except InvalidBatchError as exc:
-                    self.m.rejected.labels(service, "invalid_batch").inc()
+                    self.m.rejected.labels(service, exc.reason).inc()
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"message {index}: {exc}")
                 start = time.perf_counter()
                 artist, song = batch.columns[ARTIST], batch.columns[SONG]

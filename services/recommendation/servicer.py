@@ -36,7 +36,9 @@ class RecommendationServicer(recommendation_pb2_grpc.RecommendationServiceServic
                         self._reject(context, f"{len(songs)} candidates exceed the limit of {MAX_CANDIDATES}")
                     for i, s in enumerate(songs):
                         if not s.song or not s.artist:
-                            self._reject(context, f"candidates.songs[{i}]: song and artist must not be empty")
+                            self._reject(
+                                context, f"candidates.songs[{i}]: song and artist must not be empty", "empty_field"
+                            )
                     top = trending(
                         (Candidate(s.song, s.artist, s.plays) for s in songs),
                         request.candidates.trending_n or TRENDING_SONGS,
@@ -75,8 +77,8 @@ class RecommendationServicer(recommendation_pb2_grpc.RecommendationServiceServic
         finally:
             self.m.inflight.labels(service).dec()
 
-    def _reject(self, context: grpc.ServicerContext, message: str) -> None:
-        self.m.rejected.labels(self.m.service, "invalid_batch").inc()
+    def _reject(self, context: grpc.ServicerContext, message: str, reason: str = "invalid_batch") -> None:
+        self.m.rejected.labels(self.m.service, reason).inc()
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 

@@ -39,7 +39,7 @@ class UserBehaviorServicer(userbehavior_pb2_grpc.UserBehaviorServiceServicer):
                 try:
                     batch = decode_chunk(request.events, (USER, ARTIST, DURATION))
                 except InvalidBatchError as exc:
-                    self.m.rejected.labels(service, "invalid_batch").inc()
+                    self.m.rejected.labels(service, exc.reason).inc()
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"message {index}: {exc}")
                 start = time.perf_counter()
                 user, artist = batch.columns[USER], batch.columns[ARTIST]
