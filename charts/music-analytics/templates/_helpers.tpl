@@ -1,0 +1,117 @@
+{{/* Names, labels and shared fragments. Every template gets its names and labels from here. */}}
+
+{{- define "music-analytics.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 40 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Resource-name prefix. Truncated to 40 so "<fullname>-recommendation-headless" and the
+per-revision Job name stay within Kubernetes' 63-character limit.
+*/}}
+{{- define "music-analytics.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "music-analytics.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels: stable for the life of a release (never include the version here). */}}
+{{- define "music-analytics.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "music-analytics.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* Full labels; call with (dict "root" $ "component" "mapreduce"). */}}
+{{- define "music-analytics.labels" -}}
+helm.sh/chart: {{ include "music-analytics.chart" .root }}
+{{ include "music-analytics.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: {{ include "music-analytics.name" .root }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+{{- end }}
+
+{{- define "music-analytics.image" -}}
+{{- $img := .Values.image }}
+{{- if $img.digest }}
+{{- printf "%s@%s" $img.repository $img.digest }}
+{{- else }}
+{{- printf "%s:%s" $img.repository (default .Chart.AppVersion $img.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "music-analytics.imagePullSecrets" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+{{- range . }}
+  - name: {{ . }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+A service's settings: the shared `default:` block deep-merged with services.<name>.
+Call with (dict "root" $ "name" "mapreduce"); returns YAML, read it back with fromYaml.
+*/}}
+{{- define "music-analytics.serviceConfig" -}}
+{{- $own := index .root.Values.services .name }}
+{{- mergeOverwrite (deepCopy .root.Values.default) (deepCopy $own) | toYaml }}
+{{- end }}
+
+{{- define "music-analytics.serviceName" -}}
+{{- printf "%s-%s" (include "music-analytics.fullname" .root) .name }}
+{{- end }}
+
+{{- define "music-analytics.headlessName" -}}
+{{- printf "%s-%s-headless" (include "music-analytics.fullname" .root) .name }}
+{{- end }}
+
+{{- define "music-analytics.resultsConfigMap" -}}
+{{- printf "%s-results" (include "music-analytics.fullname" .) }}
+{{- end }}
+
+{{- define "music-analytics.jobName" -}}
+{{- printf "%s-run-%d" (include "music-analytics.fullname" .) (int .Release.Revision) }}
+{{- end }}
+
+{{/*
+Pod and container security settings meeting the "restricted" Pod Security Standard. The image
+runs as UID/GID 10001 and writes only to emptyDir mounts, so the root filesystem is read-only.
+*/}}
+{{- define "music-analytics.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "music-analytics.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+privileged: false
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Environment from a name: value map, sorted so renders are stable. */}}
+{{- define "music-analytics.envMap" -}}
+{{- range $k, $v := . }}
+- name: {{ $k }}
+  value: {{ $v | quote }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,272 @@
+"""The rendered containers really work: run them as local processes, exactly as rendered.
+
+Each Deployment's container (command, args, env) is started once per replica, with only the
+cluster-specific parts mapped to this machine: ports to free loopback ports, volume mounts to
+temporary directories holding the rendered ConfigMaps' files, Service DNS names to the local
+addresses of that Service's pods. Readiness is checked with the rendered gRPC probe; the helm
+test pods' command runs against each service; then the Job's command must complete the
+pipeline, shard across the replicas and write its summary ConfigMap through a stand-in API
+server that enforces the chart's Role. Finally every service must stop cleanly on SIGTERM
+within the pod's terminationGracePeriodSeconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.test_chart import by_kind, job_args, one, render_docs
+from tests.test_k8s_results import FakeKubeApi
+
+NAMESPACE = "analytics"
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Replica:
+    grpc_port: int
+    metrics_port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+@dataclass
+class Workload:
+    component: str
+    deployment: dict[str, Any]
+    replicas: list[Replica] = field(default_factory=list)
+
+    @property
+    def container(self) -> dict[str, Any]:
+        (c,) = self.deployment["spec"]["template"]["spec"]["containers"]
+        return c
+
+
+def base_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "MUSIC_ANALYTICS_"))}
+    # The image puts the venv first on PATH; so do we, so `music-analytics` and `python` resolve alike.
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    for name in ("MAPREDUCE_ADDR", "USERBEHAVIOR_ADDR", "RECOMMENDATION_ADDR"):
+        env.pop(name, None)
+    return env
+
+
+def container_env(container: dict[str, Any], overrides: dict[str, str]) -> dict[str, str]:
+    env = base_env()
+    for item in container.get("env", []):
+        env[item["name"]] = item["value"]
+    env.update(overrides)
+    return env
+
+
+def mount_volumes(
+    pod: dict[str, Any], container: dict[str, Any], docs: list[dict[str, Any]], root: Path
+) -> dict[str, Path]:
+    """Map each volumeMount to a local directory; ConfigMap volumes get the rendered files."""
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mapping = {}
+    for mount in container["volumeMounts"]:
+        local = root / mount["name"]
+        local.mkdir(parents=True, exist_ok=True)
+        volume = volumes[mount["name"]]
+        if "configMap" in volume:
+            for key, value in one(docs, "ConfigMap", volume["configMap"]["name"]).get("data", {}).items():
+                (local / key).write_text(value)
+        else:
+            assert "emptyDir" in volume, volume
+        mapping[mount["mountPath"]] = local
+    return mapping
+
+
+def map_paths(arg: str, mounts: dict[str, Path]) -> str:
+    for mount_path, local in mounts.items():
+        if arg == mount_path or arg.startswith(mount_path + "/"):
+            return str(local) + arg[len(mount_path) :]
+    return arg
+
+
+def probe(port: int, service: str, timeout: float = 1.0) -> int:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout).status
+
+
+def wait_ready(workload: Workload, deadline: float) -> None:
+    rp = workload.container["readinessProbe"]["grpc"]
+    for replica in workload.replicas:
+        while True:
+            assert replica.process.poll() is None, f"{workload.component} exited: {replica.log.read_text()[-2000:]}"
+            try:
+                if probe(replica.grpc_port, rp["service"]) == health_pb2.HealthCheckResponse.SERVING:
+                    break
+            except grpc.RpcError:
+                pass
+            assert time.monotonic() < deadline, f"{workload.component} not SERVING: {replica.log.read_text()[-2000:]}"
+            time.sleep(0.2)
+
+
+def handled_calls(metrics_port: int) -> float:
+    """Non-health gRPC calls this process handled, from its own /metrics."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("grpc_server_handled_total{") and 'grpc_service="grpc.health.v1.Health"' not in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory):
+    """The rendered services, two replicas each, running as local processes."""
+    docs = render_docs({"default": {"replicas": 2}})
+    root = tmp_path_factory.mktemp("cluster")
+    workloads = []
+    for dep in by_kind(docs, "Deployment"):
+        component = dep["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+        workload = Workload(component, dep)
+        pod = dep["spec"]["template"]["spec"]
+        container = workload.container
+        for i in range(dep["spec"]["replicas"]):
+            grpc_port, metrics_port = free_port(), free_port()
+            replica_root = root / f"{component}-{i}"
+            mounts = mount_volumes(pod, container, docs, replica_root)
+            env = container_env(
+                container,
+                {
+                    # Loopback instead of the pod IP; free ports instead of the pod's own.
+                    "MUSIC_ANALYTICS_HOST": "127.0.0.1",
+                    "MUSIC_ANALYTICS_GRPC_PORT": str(grpc_port),
+                    "MUSIC_ANALYTICS_METRICS_PORT": str(metrics_port),
+                    "TMPDIR": str(mounts["/tmp"]),
+                },
+            )
+            log = replica_root / "stderr.log"
+            process = subprocess.Popen(
+                [*container["command"], *container["args"]],
+                env=env,
+                cwd=mounts["/tmp"],
+                stdout=subprocess.DEVNULL,
+                stderr=log.open("wb"),
+            )
+            workload.replicas.append(Replica(grpc_port, metrics_port, process, log))
+        workloads.append(workload)
+    try:
+        deadline = time.monotonic() + 60
+        for workload in workloads:
+            wait_ready(workload, deadline)
+        yield docs, {w.component: w for w in workloads}, root
+    finally:
+        for w in workloads:
+            for r in w.replicas:
+                if r.process.poll() is None:
+                    r.process.kill()
+                    r.process.wait()
+
+
+def local_address(docs: list[dict[str, Any]], workloads: dict[str, Workload], host: str, port: int) -> str:
+    """Service DNS name + port -> the loopback addresses of the pods that Service selects."""
+    service = one(docs, "Service", host.split(".")[0])
+    component = service["spec"]["selector"]["app.kubernetes.io/component"]
+    svc_port = next(p for p in service["spec"]["ports"] if p["port"] == port)
+    assert svc_port["targetPort"] == "grpc"
+    return "ipv4:" + ",".join(f"127.0.0.1:{r.grpc_port}" for r in workloads[component].replicas)
+
+
+def test_helm_test_commands_pass(deployed):
+    docs, workloads, root = deployed
+    tests = [p for p in by_kind(docs, "Pod") if p["metadata"]["annotations"].get("helm.sh/hook") == "test"]
+    assert len(tests) == len(workloads)
+    for pod in tests:
+        (container,) = pod["spec"]["containers"]
+        mounts = mount_volumes(pod["spec"], container, docs, root / pod["metadata"]["name"])
+        target, health_name = container["args"]
+        host, port = target.rsplit(":", 1)
+        local = local_address(docs, workloads, host, int(port)).removeprefix("ipv4:").split(",")[0]
+        command = [map_paths(a, mounts) for a in container["command"]]
+        result = subprocess.run(
+            [*command, local, health_name],
+            env=container_env(container, {}),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("OK "), result.stdout
+
+
+def test_job_command_completes_the_pipeline(deployed):
+    docs, workloads, root = deployed
+    (job,) = by_kind(docs, "Job")
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mounts = mount_volumes(pod, container, docs, root / "job")
+    parsed = job_args(job)
+    args = []
+    for arg in container["args"]:
+        if arg.startswith("dns:///"):
+            host, port = arg.removeprefix("dns:///").rsplit(":", 1)
+            arg = local_address(docs, workloads, host, int(port))
+        args.append(map_paths(arg, mounts))
+
+    results_name = parsed["--results-configmap"]
+    (role,) = by_kind(docs, "Role")
+    # The stand-in API server grants exactly what the chart's Role grants (no create).
+    with FakeKubeApi(allowed_names=set(role["rules"][0]["resourceNames"]), allow_create=False) as api:
+        api.precreate(NAMESPACE, results_name)
+        env = container_env(
+            container, {"KUBECONFIG": str(api.kubeconfig(root, namespace=NAMESPACE)), "TMPDIR": str(mounts["/tmp"])}
+        )
+        result = subprocess.run(
+            [*container["command"], *args],
+            env=env,
+            cwd=mounts["/tmp"],
+            capture_output=True,
+            text=True,
+            timeout=job["spec"]["activeDeadlineSeconds"],
+        )
+        assert result.returncode == 0, f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
+        stored = api.configmaps[(NAMESPACE, results_name)]
+
+    assert result.stdout.strip(), "the Job's log must carry a readable summary"
+    out = Path(map_paths(parsed["--out"], mounts))
+    results = json.loads(out.read_text())
+    assert results
+    summary = json.loads(stored["data"]["summary.json"])
+    assert summary, "the summary ConfigMap was written"
+    # Work reached every service; the event streams are sharded across every pod behind the
+    # headless Service (recommendation gets one call with the aggregates, so one pod suffices).
+    for component, workload in workloads.items():
+        per_replica = [handled_calls(r.metrics_port) for r in workload.replicas]
+        assert sum(per_replica) > 0, (component, per_replica)
+        if component in ("mapreduce", "userbehavior"):
+            assert all(n > 0 for n in per_replica), (component, per_replica)
+
+
+def test_services_stop_cleanly_on_sigterm(deployed):
+    _docs, workloads, _root = deployed
+    for workload in workloads.values():
+        grace = workload.deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        for replica in workload.replicas:
+            replica.process.send_signal(signal.SIGTERM)
+        for replica in workload.replicas:
+            code = replica.process.wait(timeout=grace)
+            assert code == 0, (workload.component, code, replica.log.read_text()[-2000:])
