@@ -1,0 +1,386 @@
+"""The benchmark: the full pipeline against DuckDB on the same generated CSV, side by side.
+
+For each size it generates (and caches, under ``--data-dir``) the events with the project's generator.
+For each replica count it starts the three services as separate processes and waits until they are
+SERVING, then, ``--repeats`` times and alternating so both sides see the same machine noise:
+
+* the pipeline: ``music-analytics run`` as its own process, wall time of that process;
+* DuckDB: ``tests/oracle.py`` (the same analytics in SQL, 2 threads) as its own process.
+
+Every pipeline result is compared with DuckDB's, key for key. Peak RSS comes from the kernel: ``wait4``
+rusage for the client and DuckDB processes, ``VmHWM`` in ``/proc/PID/status`` for the long-running
+services (read just before they are stopped, so it covers every repeat of that configuration).
+
+    python bench/run.py [--sizes 1000000,10000000] [--repeats 3] [--replicas 1,2] [--quick]
+
+prints a table and writes ``bench/results.json``. Exit code 0 when every run succeeded and matched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from music_analytics.client.demo import LocalServices
+from music_analytics.client.generate import FORMAT_VERSION, generate
+
+ROOT = Path(__file__).resolve().parent.parent
+# The benchmark runs from a checkout (`make bench`): the oracle is the test suite's. Fall back to the
+# working directory in case this file was imported from an installed copy.
+ORACLE = next((p for p in (ROOT / "tests" / "oracle.py", Path.cwd() / "tests" / "oracle.py") if p.exists()), None)
+DEFAULT_DATA_DIR = ROOT / "bench" / "data"
+DEFAULT_OUT = ROOT / "bench" / "results.json"
+
+# Issue 3's targets: pipeline wall time at most this many times DuckDB's, peak RSS per process.
+RATIO_TARGETS = {1_000_000: 1.2, 10_000_000: 1.5}
+RSS_TARGET_MB = 600
+QUICK_SIZE = 100_000
+
+
+@dataclass
+class ProcessRun:
+    wall: float
+    peak_rss_mb: float
+    returncode: int
+    stderr_tail: str
+
+
+def run_process(cmd: list[str], log: Path) -> ProcessRun:
+    """Run ``cmd`` to completion; wall time and peak RSS of that one process (not the bench's other
+    children), from ``wait4``. Output goes to ``log`` so a pipe never blocks the child."""
+    with log.open("wb") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4: tell Popen
+    tail = log.read_text(errors="replace")[-3000:] if proc.returncode else ""
+    return ProcessRun(wall, usage.ru_maxrss / 1024, proc.returncode, tail)  # ru_maxrss is KiB on Linux
+
+
+def vm_hwm_mb(pid: int) -> float | None:
+    """Peak resident set of a live process so far (Linux ``VmHWM``)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def dataset(data_dir: Path, events: int, seed: int) -> tuple[Path, float | None]:
+    """The cached CSV for (events, seed, generator version); generated when missing."""
+    path = data_dir / f"events-{events}-seed{seed}-v{FORMAT_VERSION}.csv"
+    if path.exists():
+        return path, None
+    print(f"generating {events:,} events -> {path}", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    generate(path, events, seed)
+    return path, time.perf_counter() - start
+
+
+def warm_page_cache(path: Path) -> None:
+    """Read the file once so that every timed run, the first included, reads it from the page cache."""
+    with path.open("rb") as f:
+        while f.read(16 << 20):
+            pass
+
+
+def compare(pipeline: dict[str, Any], oracle: dict[str, Any], limit: int = 5) -> list[str]:
+    """Differences between the pipeline's results JSON and the oracle's (empty: identical)."""
+    problems: list[str] = []
+
+    def check(what: str, got: Any, want: Any) -> None:
+        if got != want:
+            problems.append(f"{what}: pipeline {_short(got)} != duckdb {_short(want)}")
+
+    check("top_songs", list(pipeline["mapreduce_results"]["top_songs"].items()),
+          list(oracle["mapreduce_results"]["top_songs"].items()))  # fmt: skip
+    check("distinct_songs", pipeline["mapreduce_results"].get("distinct_songs"),
+          oracle["mapreduce_results"]["distinct_songs"])  # fmt: skip
+    check("events_processed", pipeline.get("events_processed"), oracle["events_processed"])
+    check("rows_rejected", pipeline.get("rows_rejected"), 0)
+    # Only the contract's fields: the client may add others to a user's entry.
+    fields = ("user_id", "total_time", "top_artist")
+    got_users = [{k: u.get(k) for k in fields} for u in pipeline["userbehavior_results"]["users"]]
+    want_users = [{k: u[k] for k in fields} for u in oracle["userbehavior_results"]["users"]]
+    check("number of users", len(got_users), len(want_users))
+    bad = [(g, w) for g, w in zip(got_users, want_users, strict=False) if g != w]
+    for g, w in bad[:limit]:
+        check("user", g, w)
+    if len(bad) > limit:
+        problems.append(f"... {len(bad) - limit} more users differ")
+    check("top_users", pipeline["userbehavior_results"]["top_users"], oracle["userbehavior_results"]["top_users"])
+    got_rec = pipeline["recommendation_results"]
+    want_rec = oracle["recommendation_results"]
+    check("trending_songs", got_rec["trending_songs"], want_rec["trending_songs"])
+    got_r, want_r = got_rec["recommendations"], want_rec["recommendations"]
+    check("users with recommendations", len(got_r), len(want_r))
+    diff = [u for u in want_r if got_r.get(u) != want_r[u]]
+    for u in diff[:limit]:
+        check(f"recommendations[{u}]", got_r.get(u), want_r[u])
+    if len(diff) > limit:
+        problems.append(f"... {len(diff) - limit} more users' recommendations differ")
+    return problems
+
+
+def _short(value: Any, width: int = 200) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 4) if values else None
+
+
+def bench_size(events: int, args: argparse.Namespace, work: Path, table: list[dict[str, Any]]) -> dict[str, Any]:
+    path, gen_seconds = dataset(args.data_dir, events, args.seed)
+    warm_page_cache(path)
+    size: dict[str, Any] = {
+        "events": events,
+        "file": str(path),
+        "file_bytes": path.stat().st_size,
+        "generate_seconds": round(gen_seconds, 3) if gen_seconds is not None else None,
+        "pipeline": {},
+    }
+    duck_walls: list[float] = []
+    duck_rss: list[float] = []
+    duck_ok = True
+    for replicas in args.replicas:
+        logs = work / f"{events}-r{replicas}"
+        logs.mkdir(parents=True, exist_ok=True)
+        walls: list[float] = []
+        paired_duck: list[float] = []  # DuckDB runs interleaved with this configuration's runs
+        run_ratios: list[float] = []
+        client_rss: list[float] = []
+        stages: dict[str, list[float]] = {}
+        mismatches: list[str] = []
+        failures: list[str] = []
+        with LocalServices(replicas=replicas, log_dir=logs) as services:
+            target = {name: services.target(name) for name in ("mapreduce", "userbehavior", "recommendation")}
+            # Per-address target syntax the client documents, also for one replica.
+            target = {k: v if v.startswith("ipv4:") else f"ipv4:{v}" for k, v in target.items()}
+            for i in range(args.repeats):
+                out = logs / f"pipeline-{i}.json"
+                cmd = [sys.executable, "-m", "music_analytics.client", "run", "--data", str(path), "--out", str(out)]
+                for name, addr in target.items():
+                    cmd += [f"--{name}", addr]
+                run = run_process(cmd, logs / f"client-{i}.log")
+                duck_out = logs / f"duckdb-{i}.json"
+                duck = run_process(
+                    [sys.executable, str(ORACLE), str(path), "--out", str(duck_out), "--threads", str(args.threads)],
+                    logs / f"duckdb-{i}.log",
+                )
+                if duck.returncode:
+                    duck_ok = False
+                    failures.append(f"duckdb run {i} exited {duck.returncode}: {duck.stderr_tail}")
+                else:
+                    duck_walls.append(duck.wall)
+                    paired_duck.append(duck.wall)
+                    duck_rss.append(duck.peak_rss_mb)
+                if run.returncode:
+                    failures.append(f"pipeline run {i} exited {run.returncode}: {run.stderr_tail}")
+                    continue
+                walls.append(run.wall)
+                if not duck.returncode:
+                    run_ratios.append(run.wall / duck.wall)
+                client_rss.append(run.peak_rss_mb)
+                document = json.loads(out.read_text(encoding="utf-8"))
+                for key, value in document.get("performance", {}).items():
+                    if isinstance(value, int | float):
+                        stages.setdefault(key, []).append(value)
+                if not duck.returncode:
+                    problems = compare(document, json.loads(duck_out.read_text(encoding="utf-8")))
+                    mismatches += [f"run {i}: {p}" for p in problems]
+                # The outputs of 10M runs are tens of MB each: keep only the last.
+                if i + 1 < args.repeats:
+                    out.unlink(missing_ok=True)
+                    duck_out.unlink(missing_ok=True)
+                print(
+                    f"  {events:>11,} events, {replicas} replica(s), run {i + 1}/{args.repeats}: "
+                    f"pipeline {run.wall:.2f} s, duckdb {duck.wall:.2f} s" + ("" if not mismatches else "  MISMATCH"),
+                    file=sys.stderr,
+                    flush=True,
+                )
+            service_rss: dict[str, float | None] = {}
+            for name, group in services.processes.items():
+                for k, proc in enumerate(group):
+                    hwm = vm_hwm_mb(proc.process.pid)
+                    service_rss[f"{name}-{k}"] = round(hwm, 1) if hwm is not None else None
+        if failures:  # the services' side of the story, when they logged one
+            for log in sorted(p for name in services.processes for p in logs.glob(f"{name}-*.log")):
+                text = log.read_text(errors="replace")
+                if "Traceback" in text or '"level": "error"' in text:
+                    failures.append(f"{log.name}: {text[-1500:]}")
+        peak = {"client": round(max(client_rss), 1) if client_rss else None} | service_rss
+        matched = bool(walls) and len(walls) == args.repeats and not mismatches and not failures
+        size["pipeline"][str(replicas)] = {
+            "replicas": replicas,
+            "wall_median": _median(walls),
+            "wall_min": round(min(walls), 4) if walls else None,
+            "wall_runs": [round(w, 4) for w in walls],
+            "duckdb_wall_median": _median(paired_duck),
+            "ratio_runs": [round(r, 3) for r in run_ratios],
+            "stage_seconds_median": {k: _median(v) for k, v in stages.items()},
+            "events_per_second": round(events / statistics.median(walls)) if walls else None,
+            "peak_rss_mb": peak,
+            "results_match": matched,
+            "mismatches": mismatches[:20],
+            "failures": failures[:10],
+        }
+    duck_median = statistics.median(duck_walls) if duck_walls else None
+    size["duckdb"] = {
+        "threads": args.threads,
+        "wall_median": _median(duck_walls),
+        "wall_min": round(min(duck_walls), 4) if duck_walls else None,
+        "wall_runs": [round(w, 4) for w in duck_walls],
+        "events_per_second": round(events / duck_median) if duck_median else None,
+        "peak_rss_mb": round(max(duck_rss), 1) if duck_rss else None,
+        "ok": duck_ok,
+    }
+    target_ratio = RATIO_TARGETS.get(events)
+    for entry in size["pipeline"].values():
+        # Against the DuckDB runs interleaved with this configuration's: the machine's load drifts
+        # between configurations (other work on a 2-core box), pairing cancels most of it.
+        paired = entry["duckdb_wall_median"]
+        ratio = entry["wall_median"] / paired if entry["wall_median"] and paired else None
+        entry["ratio_vs_duckdb"] = round(ratio, 3) if ratio is not None else None
+        rss = [v for v in entry["peak_rss_mb"].values() if v is not None]
+        entry["targets"] = {
+            "ratio_max": target_ratio,
+            "ratio_met": (ratio <= target_ratio) if ratio is not None and target_ratio else None,
+            "rss_max_mb": RSS_TARGET_MB,
+            "rss_met": bool(rss) and max(rss) <= RSS_TARGET_MB,
+        }
+        table.append({"events": events, "duckdb": size["duckdb"], **entry})
+    size["results_match"] = duck_ok and all(e["results_match"] for e in size["pipeline"].values())
+    return size
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    def mb(value: float | None) -> str:
+        return f"{value:.0f}" if value is not None else "-"
+
+    def sec(value: float | None) -> str:
+        return f"{value:.2f}" if value is not None else "-"
+
+    header = (
+        f"{'events':>11} {'repl':>4} {'pipeline s':>10} {'duckdb s':>8} {'ratio':>6} {'events/s':>10} "
+        f"{'client MB':>9} {'mapred MB':>9} {'userb MB':>9} {'recom MB':>8} {'duckdb MB':>9}  match"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        peak = r["peak_rss_mb"]
+
+        def group_max(name: str, peak: dict[str, float | None] = peak) -> float | None:
+            values = [v for k, v in peak.items() if k.startswith(name + "-") and v is not None]
+            return max(values) if values else None
+
+        ratio = r["ratio_vs_duckdb"]
+        eps = r["events_per_second"]
+        print(
+            f"{r['events']:>11,} {r['replicas']:>4} {sec(r['wall_median']):>10} {sec(r['duckdb_wall_median']):>8} "
+            f"{(f'{ratio:.2f}' if ratio is not None else '-'):>6} {(f'{eps:,}' if eps else '-'):>10} "
+            f"{mb(peak.get('client')):>9} {mb(group_max('mapreduce')):>9} {mb(group_max('userbehavior')):>9} "
+            f"{mb(group_max('recommendation')):>8} {mb(r['duckdb']['peak_rss_mb']):>9}  "
+            f"{'yes' if r['results_match'] else 'NO'}"
+        )
+    print(
+        "(wall times: medians of whole processes, DuckDB's runs interleaved with each configuration's;"
+        " MB: peak RSS, the largest replica for replicated services)"
+    )
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(x.replace("_", "")) for x in text.split(",") if x.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=_int_list, default=None, help="comma-separated event counts (1000000,10000000)")
+    p.add_argument("--repeats", type=int, default=None, help="runs of each side per configuration (3)")
+    p.add_argument("--replicas", type=_int_list, default=[1, 2], help="replica counts to compare (1,2)")
+    p.add_argument("--seed", type=int, default=42, help="generator seed (42)")
+    p.add_argument("--threads", type=int, default=2, help="DuckDB threads (2, the machine's cores)")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where generated data is cached")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results JSON (bench/results.json)")
+    p.add_argument("--work-dir", type=Path, default=None, help="keep logs and outputs here (default: temporary)")
+    p.add_argument("--quick", action="store_true", help=f"{QUICK_SIZE:,} events, 1 repeat: a smoke test")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.sizes is None:
+        args.sizes = [QUICK_SIZE] if args.quick else [1_000_000, 10_000_000]
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
+    if args.repeats < 1 or not args.sizes or not args.replicas or min(args.replicas) < 1:
+        print("error: --repeats, --sizes and --replicas must be positive", file=sys.stderr)
+        return 2
+    if ORACLE is None:
+        print("error: tests/oracle.py not found: run the benchmark from the project checkout", file=sys.stderr)
+        return 2
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    table: list[dict[str, Any]] = []
+    sizes: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="music-analytics-bench-") as tmp:
+        work = args.work_dir or Path(tmp)
+        for events in args.sizes:
+            try:
+                sizes[str(events)] = bench_size(events, args, work, table)
+            except RuntimeError as exc:  # services that would not start
+                print(f"error: {events:,} events: {exc}", file=sys.stderr)
+                sizes[str(events)] = {"events": events, "error": str(exc), "results_match": False}
+    import duckdb  # only for its version in the report: the measured DuckDB runs in its own process
+
+    document = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "seconds": round(time.time() - started, 1),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "duckdb": duckdb.__version__,
+        },
+        "settings": {
+            "sizes": args.sizes,
+            "repeats": args.repeats,
+            "replicas": args.replicas,
+            "seed": args.seed,
+            "duckdb_threads": args.threads,
+            "generator_format_version": FORMAT_VERSION,
+        },
+        "sizes": sizes,
+        "results_match": all(s["results_match"] for s in sizes.values()),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print()
+    print_table(table)
+    print(f"\nwritten: {args.out}")
+    for events, s in sizes.items():
+        for entry in s.get("pipeline", {}).values():
+            for line in entry["mismatches"][:5] + entry["failures"][:3]:
+                print(f"{int(events):,} events, {entry['replicas']} replica(s): {line}", file=sys.stderr)
+    if not document["results_match"]:
+        print("error: some runs failed or differ from DuckDB (see above and the JSON)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,87 @@
+"""The benchmark end to end on a small input: real services, real client, real DuckDB, all matching."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.run import compare
+from tests.oracle import results_json
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench" / "run.py"
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    tmp = tmp_path_factory.mktemp("bench")
+    out = tmp / "results.json"
+    proc = subprocess.run(
+        [
+            *(sys.executable, str(BENCH), "--quick", "--sizes", "20000", "--replicas", "1,2"),
+            *("--data-dir", str(tmp / "data"), "--out", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "events/s" in proc.stdout  # the table was printed
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
+def test_quick_bench_matches_duckdb(quick: dict) -> None:
+    assert quick["results_match"] is True
+    size = quick["sizes"]["20000"]
+    assert size["results_match"] is True
+    assert size["events"] == 20000 and size["file_bytes"] > 0
+    assert set(size["pipeline"]) == {"1", "2"}
+    duck = size["duckdb"]
+    assert duck["ok"] and duck["threads"] == 2
+    assert len(duck["wall_runs"]) == 2 and duck["wall_median"] > 0 and duck["peak_rss_mb"] > 0
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_quick_bench_fields(quick: dict, replicas: int) -> None:
+    entry = quick["sizes"]["20000"]["pipeline"][str(replicas)]
+    assert entry["results_match"] is True, entry["mismatches"] + entry["failures"]
+    assert entry["mismatches"] == [] and entry["failures"] == []
+    assert len(entry["wall_runs"]) == 1 and entry["wall_median"] > 0
+    assert entry["ratio_vs_duckdb"] > 0 and entry["duckdb_wall_median"] > 0
+    assert len(entry["ratio_runs"]) == 1 and entry["wall_min"] == entry["wall_median"]
+    assert entry["events_per_second"] > 0
+    assert entry["stage_seconds_median"]["total_workflow_time"] > 0
+    peak = entry["peak_rss_mb"]
+    expected = {"client", "recommendation-0"} | {
+        f"{s}-{k}" for s in ("mapreduce", "userbehavior") for k in range(replicas)
+    }
+    assert set(peak) == expected
+    assert all(v is not None and 20 < v < 2000 for v in peak.values())
+    assert entry["targets"]["rss_max_mb"] == 600 and entry["targets"]["ratio_max"] is None
+
+
+def test_compare_reports_every_kind_of_difference(quick: dict) -> None:
+    """The check that decides "matched" must not be vacuous: feed it altered results."""
+    data = Path(quick["sizes"]["20000"]["file"])
+    want = results_json(data)
+    want_top = list(want["mapreduce_results"]["top_songs"].items())
+    pipeline = copy.deepcopy(want) | {"rows_rejected": 0}
+    assert compare(pipeline, want) == []
+
+    altered = copy.deepcopy(pipeline)
+    # Same counts, two songs swapped: order matters.
+    (k0, c0), (k1, c1) = want_top[0], want_top[1]
+    altered["mapreduce_results"]["top_songs"] = dict([(k1, c1), (k0, c0), *want_top[2:]])
+    altered["userbehavior_results"]["users"][3]["total_time"] += 1
+    altered["userbehavior_results"]["top_users"].reverse()
+    user = altered["userbehavior_results"]["users"][5]["user_id"]
+    altered["recommendation_results"]["recommendations"][user] = ["nope"]
+    altered["events_processed"] -= 1
+    problems = "\n".join(compare(altered, want))
+    for what in ("top_songs", "user:", "top_users", f"recommendations[{user}]", "events_processed"):
+        assert what in problems, problems
