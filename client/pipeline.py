@@ -48,10 +48,18 @@ class ServiceInfo:
     name: str
     health_name: str
     method: str
+    columns: tuple[str, ...] = ()  # the event columns the service reads
 
 
-MAPREDUCE = ServiceInfo("mapreduce", "music.v1.MapReduceService", "/music.v1.MapReduceService/CountPlays")
-USERBEHAVIOR = ServiceInfo("userbehavior", "music.v1.UserBehaviorService", "/music.v1.UserBehaviorService/AnalyzeUsers")
+MAPREDUCE = ServiceInfo(
+    "mapreduce", "music.v1.MapReduceService", "/music.v1.MapReduceService/CountPlays", ("song_id", "artist")
+)
+USERBEHAVIOR = ServiceInfo(
+    "userbehavior",
+    "music.v1.UserBehaviorService",
+    "/music.v1.UserBehaviorService/AnalyzeUsers",
+    ("user_id", "artist", "duration"),
+)
 RECOMMENDATION = ServiceInfo(
     "recommendation", "music.v1.RecommendationService", "/music.v1.RecommendationService/Recommend"
 )
@@ -100,7 +108,7 @@ class StreamCall:
         self.error: grpc.RpcError | Exception | None = None
         self._done = threading.Event()
         make = endpoint.channel.stream_unary if unary_response else endpoint.channel.stream_stream
-        # No request serializer: requests are bytes encoded once and shared by both services.
+        # No request serializer: requests arrive encoded (columnar, see encoding.py).
         self._call = make(endpoint.service.method, request_serializer=None, response_deserializer=deserializer)
         self._unary = unary_response
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"call-{endpoint.address}")
@@ -201,18 +209,19 @@ class ShardedStream:
     def _open(self, endpoint: Endpoint) -> StreamCall:
         return StreamCall(endpoint, self._deserializer, self._unary)
 
-    def payloads(self, table: pa.Table, shared: bytes) -> list[bytes | None]:
+    def payloads(self, table: pa.Table) -> list[bytes | None]:
+        columns = self.service.columns
         if self.shards == 1:
-            return [shared]
+            return [encode_batch(table, columns)]
         shard = shard_rows(table, self.key, self.shards)
         out: list[bytes | None] = []
         for s in range(self.shards):
             part = table.filter(pa.array(shard == s))
-            out.append(encode_batch(part) if part.num_rows else None)
+            out.append(encode_batch(part, columns) if part.num_rows else None)
         return out
 
-    def dispatch(self, table: pa.Table, shared: bytes, lost: set[int]) -> None:
-        for s, payload in enumerate(self.payloads(table, shared)):
+    def dispatch(self, table: pa.Table, lost: set[int]) -> None:
+        for s, payload in enumerate(self.payloads(table)):
             if payload is None or s in lost:
                 continue
             if not self.calls[s].send(payload):
@@ -246,7 +255,7 @@ class ShardedStream:
             for table in batches(chunk.table):
                 if self.shards > 1:
                     table = table.filter(pa.array(shard_rows(table, self.key, self.shards) == shard))
-                if table.num_rows and not call.send(encode_batch(table)):
+                if table.num_rows and not call.send(encode_batch(table, self.service.columns)):
                     return False
         return True
 
@@ -355,9 +364,8 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
             rejected.extend(chunk.rejected[: max(0, 20 - len(rejected))])
             lost: dict[ShardedStream, set[int]] = {s: set() for s in streams}
             for table in batches(chunk.table):
-                shared = encode_batch(table)
                 for stream in streams:
-                    stream.dispatch(table, shared, lost[stream])
+                    stream.dispatch(table, lost[stream])
             events += chunk.table.num_rows
             offset = chunk.end_offset
             for stream in streams:

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from music_analytics.services.common.columns import PendingBatches, StringIds
+from music_analytics.services.common.columns import KeyCounter, PendingBatches, StringIds
 
 TOP_SONGS = 10
 
@@ -35,24 +35,23 @@ def rank_songs(songs: Iterable[SongCount], n: int) -> list[SongCount]:
 class PlayCounter:
     """Accumulates play counts per song key over batches of events.
 
-    Each batch is first reduced to its distinct (artist, song_id) pairs with their plays; the
-    pairs' keys are mapped to ids in bulk every few hundred thousand rows (``PendingBatches``).
+    Artists and song ids are mapped to ids in bulk (short strings, and few distinct artists);
+    plays are counted per (artist id, song id) pair as int64 keys in sorted runs. The
+    "{artist} - {song_id}" key strings are built once, at the end, for the distinct pairs only,
+    and two pairs that spell the same key are counted as one song.
     """
 
     def __init__(self) -> None:
-        self._keys = StringIds()
-        # For each key id: the artist and song_id of its first play (a key such as "A - B - C"
-        # can arise from two splits; the first seen wins).
-        self._artist = pa.array([], type=pa.string())
-        self._song_id = pa.array([], type=pa.string())
-        self._counts = np.zeros(0, dtype=np.int64)
+        self._artists = StringIds()
+        self._song_ids = StringIds()
+        self._pairs = KeyCounter()
         self._pending = PendingBatches()
+        self._songs: _Songs | None = None
         self.events = 0
 
     @property
     def distinct_songs(self) -> int:
-        self._flush()
-        return len(self._keys)
+        return len(self._totals().plays)
 
     def add_columns(
         self, artist_dict: pa.Array, artist_idx: np.ndarray, song_dict: pa.Array, song_idx: np.ndarray
@@ -60,35 +59,20 @@ class PlayCounter:
         """Add a batch given as two dictionary-encoded columns (row i: artist_dict[artist_idx[i]])."""
         if len(artist_idx) == 0:
             return
-        width = max(len(song_dict), 1)
-        encoded = pc.dictionary_encode(pa.array(artist_idx.astype(np.int64) * width + song_idx))
-        pairs = encoded.dictionary.to_numpy()
-        plays = np.bincount(encoded.indices.to_numpy(), minlength=len(pairs))
-        artists = pc.take(artist_dict, pa.array(pairs // width))
-        song_ids = pc.take(song_dict, pa.array(pairs % width))
-        self._pending.add((artists, song_ids, plays), len(artist_idx))
+        self._pending.add((artist_dict, artist_idx, song_dict, song_idx), len(artist_idx))
         self.events += len(artist_idx)
-        if self._pending.due(len(self._keys)):
+        self._songs = None
+        if self._pending.due(max(len(self._artists), len(self._song_ids))):
             self._flush()
 
     def _flush(self) -> None:
         items = self._pending.take()
         if not items:
             return
-        artists = [a for a, _, _ in items]
-        song_ids = [s for _, s, _ in items]
-        before = len(self._keys)
-        ids = np.concatenate(self._keys.map_arrays([pc.binary_join_element_wise(a, s, " - ") for a, s, _ in items]))
-        plays = np.concatenate([p for _, _, p in items])
-        count = len(self._keys)
-        if count > before:
-            new = np.flatnonzero(ids >= before)
-            first = new[np.unique(ids[new], return_index=True)[1]]  # ids are assigned in first-seen order
-            self._artist = pa.concat_arrays([self._artist, pc.take(pa.concat_arrays(artists), pa.array(first))])
-            self._song_id = pa.concat_arrays([self._song_id, pc.take(pa.concat_arrays(song_ids), pa.array(first))])
-            self._counts = np.concatenate([self._counts, np.zeros(count - before, dtype=np.int64)])
-        # A key may repeat within a flush (same pair in two batches, or two pairs spelling one key).
-        self._counts += np.bincount(ids, weights=plays, minlength=count).astype(np.int64)
+        artist_maps = self._artists.map_arrays([a for a, _, _, _ in items])
+        song_maps = self._song_ids.map_arrays([s for _, _, s, _ in items])
+        for (_, a_idx, _, s_idx), a_map, s_map in zip(items, artist_maps, song_maps, strict=True):
+            self._pairs.add((a_map[a_idx] << _SONG_BITS) | s_map[s_idx])
 
     def add_events(self, events: Iterable[tuple[str, str]]) -> None:
         """Add plain (artist, song_id) records."""
@@ -102,23 +86,57 @@ class PlayCounter:
         s = pc.dictionary_encode(pa.array(song_ids, type=pa.string()))
         self.add_columns(a.dictionary, a.indices.to_numpy(), s.dictionary, s.indices.to_numpy())
 
+    def _totals(self) -> _Songs:
+        """Plays per distinct key string (cached until the next batch)."""
+        if self._songs is not None:
+            return self._songs
+        self._flush()
+        keys, plays = [], []
+        for pairs, counts in self._pairs.merged():
+            keys.append(pairs)
+            plays.append(counts)
+        pairs = np.concatenate(keys) if keys else np.empty(0, dtype=np.int64)
+        counts = np.concatenate(plays).astype(np.int64) if plays else np.empty(0, dtype=np.int64)
+        artist = pc.take(self._artists.values, pa.array(pairs >> _SONG_BITS))
+        song_id = pc.take(self._song_ids.values, pa.array(pairs & ((1 << _SONG_BITS) - 1)))
+        key = pc.dictionary_encode(pc.binary_join_element_wise(artist, song_id, " - "))
+        key_of_pair = key.indices.to_numpy()
+        totals = np.bincount(key_of_pair, weights=counts, minlength=len(key.dictionary)).astype(np.int64)
+        self._songs = _Songs(key.dictionary, totals, key_of_pair, artist, song_id)
+        return self._songs
+
     def top(self, n: int = TOP_SONGS) -> list[SongCount]:
         """The ``n`` most played songs, ties by key ascending."""
-        self._flush()
-        count = len(self._keys)
+        songs = self._totals()
+        count = len(songs.plays)
         if count == 0 or n <= 0:
             return []
-        counts = self._counts
         # Every song tied with the n-th count is a candidate; only those need a string sort.
-        threshold = np.partition(counts, count - n)[count - n] if count > n else counts.min()
-        candidates = np.flatnonzero(counts >= threshold)
-        keys = self._keys.get(candidates)
-        artists = pc.take(self._artist, pa.array(candidates)).to_pylist()
-        song_ids = pc.take(self._song_id, pa.array(candidates)).to_pylist()
-        return rank_songs(
-            (
-                SongCount(k, a, s, int(counts[i]))
-                for k, a, s, i in zip(keys, artists, song_ids, candidates, strict=True)
-            ),
-            n,
+        threshold = np.partition(songs.plays, count - n)[count - n] if count > n else songs.plays.min()
+        candidates = np.flatnonzero(songs.plays >= threshold)
+        keys = pc.take(songs.keys, pa.array(candidates)).to_pylist()
+        ranked = rank_songs(
+            (SongCount(k, "", "", int(songs.plays[i])) for k, i in zip(keys, candidates, strict=True)), n
         )
+        index = dict(zip(keys, candidates.tolist(), strict=True))
+        return [self._split(song, index[song.song]) for song in ranked]
+
+    def _split(self, song: SongCount, key_id: int) -> SongCount:
+        """The artist and song_id of a key: if two splits spell it, the smallest artist (the rule)."""
+        songs = self._totals()
+        pairs = np.flatnonzero(songs.key_of_pair == key_id)
+        artists = pc.take(songs.artist, pa.array(pairs)).to_pylist()
+        best = min(range(len(pairs)), key=artists.__getitem__)
+        return SongCount(song.song, artists[best], songs.song_id[int(pairs[best])].as_py(), song.plays)
+
+
+_SONG_BITS = 32
+
+
+@dataclass(frozen=True)
+class _Songs:
+    keys: pa.Array  # distinct "{artist} - {song_id}" strings
+    plays: np.ndarray  # per key
+    key_of_pair: np.ndarray  # for each distinct (artist, song_id) pair: its key's index
+    artist: pa.Array  # per pair
+    song_id: pa.Array  # per pair

@@ -132,7 +132,7 @@ class UserStats:
         for keys, counts in self._pairs.merged(align_bits=_ARTIST_BITS):
             users = keys >> _ARTIST_BITS
             # One score orders (plays desc, name asc): the max per user is the answer.
-            score = (counts << _ARTIST_BITS) | (n_artists - 1 - rank[keys & low])
+            score = (counts.astype(np.int64) << _ARTIST_BITS) | (n_artists - 1 - rank[keys & low])
             starts = np.flatnonzero(np.concatenate(([True], users[1:] != users[:-1])))
             best = np.maximum.reduceat(score, starts)
             top[users[starts]] = by_name[n_artists - 1 - (best & low)]
