@@ -18,6 +18,7 @@ RELEASE ?= music-analytics
 MONITORING_NAMESPACE ?= monitoring
 # Pinned chart version of the monitoring stack (bump deliberately, then re-run kind-e2e).
 KPS_VERSION ?= 75.15.0
+PUSHGATEWAY_VERSION ?= 3.2.0
 WHEELS_DIR := build/wheels
 
 .PHONY: wheels image image-lock kind-up kind-monitoring kind-load kind-e2e kind-down
@@ -49,6 +50,11 @@ kind-monitoring:
 	$(HELM) upgrade --install kube-prometheus-stack prometheus-community/kube-prometheus-stack \
 	  --version $(KPS_VERSION) --namespace $(MONITORING_NAMESPACE) --create-namespace \
 	  --values k8s/kube-prometheus-stack-values.yaml --wait --timeout 10m
+	# The pipeline Job ends before any scrape: it pushes its own metrics here (job.pushgateway).
+	$(HELM) upgrade --install prometheus-pushgateway prometheus-community/prometheus-pushgateway \
+	  --version $(PUSHGATEWAY_VERSION) --namespace $(MONITORING_NAMESPACE) \
+	  --set serviceMonitor.enabled=true --set serviceMonitor.honorLabels=true \
+	  --set serviceMonitor.additionalLabels.release=kube-prometheus-stack --wait --timeout 5m
 
 kind-load: image
 	$(KIND) load docker-image $(IMAGE_REPO):$(IMAGE_TAG) --name $(KIND_CLUSTER)
