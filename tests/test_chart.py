@@ -619,7 +619,7 @@ def test_job_egress_to_outside_only_when_used(name: str):
     if needs_api:
         expected |= set(values.get("networkPolicy", {}).get("kubernetesApi", {}).get("ports", [443, 6443]))
     if needs_external:
-        expected |= {80, 443, 9091}
+        expected |= set(values.get("networkPolicy", {}).get("external", {}).get("ports", [80, 443, 9091]))
     assert ip_ports == expected
     # Services never get egress to addresses.
     for dep in by_kind(docs, "Deployment"):
