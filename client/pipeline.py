@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,10 +149,6 @@ class StreamCall:
     def wait(self) -> None:
         self._done.wait()
 
-    @property
-    def failed(self) -> bool:
-        return self._done.is_set() and self.error is not None
-
 
 def _describe(exc: BaseException | None) -> str:
     if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
@@ -209,16 +206,15 @@ class ShardedStream:
     def _open(self, endpoint: Endpoint) -> StreamCall:
         return StreamCall(endpoint, self._deserializer, self._unary)
 
-    def payloads(self, table: pa.Table) -> list[bytes | None]:
-        columns = self.service.columns
+    def _split(self, table: pa.Table) -> list[pa.Table]:
+        """The rows of ``table`` that belong to each shard."""
         if self.shards == 1:
-            return [encode_batch(table, columns)]
+            return [table]
         shard = shard_rows(table, self.key, self.shards)
-        out: list[bytes | None] = []
-        for s in range(self.shards):
-            part = table.filter(pa.array(shard == s))
-            out.append(encode_batch(part, columns) if part.num_rows else None)
-        return out
+        return [table.filter(pa.array(shard == s)) for s in range(self.shards)]
+
+    def payloads(self, table: pa.Table) -> list[bytes | None]:
+        return [encode_batch(part, self.service.columns) if part.num_rows else None for part in self._split(table)]
 
     def dispatch(self, table: pa.Table, lost: set[int]) -> None:
         for s, payload in enumerate(self.payloads(table)):
@@ -230,7 +226,8 @@ class ShardedStream:
     def recover(self, shards: set[int], upto: int | None) -> None:
         """Rebuild ``shards`` on live replicas from the input up to byte offset ``upto``."""
         for s in sorted(shards):
-            while True:
+            # Bounded: behind one address, a replica may pass health checks yet keep failing streams.
+            for _attempt in range(3 * len(self.endpoints)):
                 failed = self.calls[s]
                 self._check_recoverable(failed)
                 failed.endpoint.alive = False
@@ -249,13 +246,16 @@ class ShardedStream:
                 call = self.calls[s] = self._open(endpoint)
                 if self._replay_into(call, s, upto):
                     break
+            else:
+                raise ServiceError(
+                    f"{self.service.name}: gave up rebuilding a lost shard after {_attempt + 1} attempts"
+                )
 
     def _replay_into(self, call: StreamCall, shard: int, upto: int | None) -> bool:
         for chunk in self._replay(upto):
             for table in batches(chunk.table):
-                if self.shards > 1:
-                    table = table.filter(pa.array(shard_rows(table, self.key, self.shards) == shard))
-                if table.num_rows and not call.send(encode_batch(table, self.service.columns)):
+                part = self._split(table)[shard]
+                if part.num_rows and not call.send(encode_batch(part, self.service.columns)):
                     return False
         return True
 
@@ -279,10 +279,13 @@ class ShardedStream:
         addresses = ", ".join(e.address for e in self.endpoints)
         raise ServiceError(f"{self.service.name}: every replica is unreachable ({addresses})")
 
-    def finish(self, upto: int | None) -> list[Any]:
-        """Half-close every shard's call and gather the answers, rebuilding lost shards."""
+    def end_input(self) -> None:
+        """Half-close every shard's call: the replicas start on their answers."""
         for call in self.calls:
             call.send(None)
+
+    def finish(self, upto: int | None) -> list[Any]:
+        """Gather the answers of every shard (after ``end_input``), rebuilding lost shards."""
         while True:
             lost = set()
             for s, call in enumerate(self.calls):
@@ -358,7 +361,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         by_reason: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
         events = 0
         offset = 0
-        for chunk in read_events(path, strict=config.strict):
+        for chunk in read_ahead(read_events(path, strict=config.strict)):
             for r in chunk.rejected:
                 by_reason[r.reason] = by_reason.get(r.reason, 0) + 1
             rejected.extend(chunk.rejected[: max(0, 20 - len(rejected))])
@@ -374,7 +377,11 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
             if config.progress:
                 config.progress(offset, total_bytes)
         ingest_done = time.perf_counter()
-        # MapReduce first: its answer is needed before users can be matched with trending songs.
+        # The parser's buffers are done with: give them back before the results are assembled.
+        pa.default_memory_pool().release_unused()
+        # Both services compute their answers at once; MapReduce's is needed first.
+        for stream in streams:
+            stream.end_input()
         mr_answers = mapreduce.finish(None)
         mr_done = time.perf_counter()
         ub_answers = userbehavior.finish(None)
@@ -413,6 +420,22 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         | {"recommendation": len(recommendation_endpoints)},
         recoveries={s.service.name: s.recoveries for s in streams},
     )
+
+
+def read_ahead(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+    """Yield ``chunks``, parsing the next one in a thread while the caller sends this one.
+
+    Arrow's parser releases the GIL, so parsing overlaps encoding and sending; one chunk ahead
+    keeps memory bounded.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as pool:
+        pending = pool.submit(next, chunks, None)
+        while True:
+            chunk = pending.result()
+            if chunk is None:
+                return
+            pending = pool.submit(next, chunks, None)
+            yield chunk
 
 
 def _connect_all(streams: tuple[ShardedStream, ...], rec: list[Endpoint], timeout: float) -> list[Endpoint]:
