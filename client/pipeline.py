@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -307,7 +308,7 @@ class ShardedStream:
 class PipelineResult:
     top_songs: list[mapreduce_pb2.SongCount]
     distinct_songs: int
-    users: list[tuple[str, int, str]]  # (user_id, total_time, top_artist), by user_id
+    users: list[UserResult]  # every user, by user_id
     top_users: list[tuple[str, int]]
     trending: list[recommendation_pb2.CandidateSong]
     recommendations: dict[str, list[str]]
@@ -388,11 +389,14 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         ub_done = time.perf_counter()
         top_songs, distinct_songs, mr_events = _merge_songs(mr_answers)
         users, top_users, ub_events = _merge_users(ub_answers)
+        del ub_answers  # the messages' copy of every user
         for name, counted in (("mapreduce", mr_events), ("userbehavior", ub_events)):
             if counted != events:
                 raise ServiceError(f"{name} counted {counted} events but the client sent {events}")
         rec_start = time.perf_counter()
         trending, recommendations = _recommend(live_recommendation, top_songs, users)
+        if len(recommendations) != len(users):
+            raise ServiceError(f"recommendation answered for {len(recommendations)} of {len(users)} users")
         done = time.perf_counter()
     finally:
         for stream in streams:
@@ -470,25 +474,34 @@ def _merge_songs(answers: list[mapreduce_pb2.CountPlaysResponse]) -> tuple[list,
     )
 
 
-def _merge_users(answers: list[userbehavior_pb2.AnalyzeUsersResponse]) -> tuple[list, list, int]:
-    users: list[tuple[str, int, str]] = []
+@dataclass(frozen=True, slots=True)
+class UserResult:
+    """One user's line of the results (slots: there are hundreds of thousands of them)."""
+
+    user_id: str
+    total_time: int
+    top_artist: str
+
+
+def _merge_users(answers: list[userbehavior_pb2.AnalyzeUsersResponse]) -> tuple[list[UserResult], list, int]:
+    users: list[UserResult] = []
     tops: list[tuple[str, int]] = []
     events = 0
     for a in answers:
         kind = a.WhichOneof("payload")
         if kind == "users":
             u = a.users
-            users.extend(zip(u.user_ids, u.total_time, u.top_artist, strict=True))
+            users.extend(map(UserResult, u.user_ids, u.total_time, u.top_artist))
         elif kind == "top_users":
             tops.extend(zip(a.top_users.user_ids, a.top_users.total_time, strict=True))
             events += a.events_processed
-    users.sort()
+    users.sort(key=attrgetter("user_id"))
     tops.sort(key=lambda t: (-t[1], t[0]))
     return users, tops[:5], events
 
 
 def _recommend(
-    endpoints: list[Endpoint], top_songs: list[mapreduce_pb2.SongCount], users: list[tuple[str, int, str]]
+    endpoints: list[Endpoint], top_songs: list[mapreduce_pb2.SongCount], users: list[UserResult]
 ) -> tuple[list, dict[str, list[str]]]:
     def requests() -> Iterator[recommendation_pb2.RecommendRequest]:
         yield recommendation_pb2.RecommendRequest(
@@ -499,7 +512,9 @@ def _recommend(
         for start in range(0, len(users), USERS_PER_MESSAGE):
             part = users[start : start + USERS_PER_MESSAGE]
             yield recommendation_pb2.RecommendRequest(
-                users=recommendation_pb2.UserProfiles(user_ids=[u[0] for u in part], top_artist=[u[2] for u in part])
+                users=recommendation_pb2.UserProfiles(
+                    user_ids=[u.user_id for u in part], top_artist=[u.top_artist for u in part]
+                )
             )
 
     errors = []

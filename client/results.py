@@ -27,13 +27,15 @@ def to_json(result: PipelineResult) -> dict[str, Any]:
             "distinct_songs": result.distinct_songs,
         },
         "userbehavior_results": {
-            "users": [{"user_id": u, "total_time": t, "top_artist": a} for u, t, a in result.users],
+            # UserResult dataclasses: orjson writes them as {"user_id", "total_time", "top_artist"}.
+            "users": result.users,
             "top_users": [u for u, _ in result.top_users],
             "top_users_total_time": {u: t for u, t in result.top_users},
         },
         "recommendation_results": {
             "trending_songs": [s.song for s in result.trending],
-            "recommendations": {u: result.recommendations.get(u, []) for u, _, _ in result.users},
+            # Every user was sent, in user_id order, so every user is here, in that order.
+            "recommendations": result.recommendations,
         },
         "events_processed": result.events_processed,
         "rows_rejected": sum(result.rejected_by_reason.values()),
@@ -55,8 +57,10 @@ def write_json(document: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("wb") as f:
-        f.write(b"{\n")
-        f.write(b",\n".join(b" " + orjson.dumps(key) + b": " + orjson.dumps(value) for key, value in document.items()))
+        for i, (key, value) in enumerate(document.items()):
+            f.write(b"{\n " if i == 0 else b",\n ")
+            f.write(orjson.dumps(key) + b": ")
+            f.write(orjson.dumps(value))
         f.write(b"\n}\n")
     os.replace(tmp, path)
 
@@ -90,8 +94,8 @@ def print_summary(document: dict[str, Any], out: TextIO, data: str, results_path
     w("\nSample recommendations\n")
     recs = document["recommendation_results"]["recommendations"]
     for user in users[:SAMPLE_RECOMMENDATIONS]:
-        songs = recs.get(user["user_id"], [])
-        w(f"  {user['user_id']} (top artist {user['top_artist']}): {', '.join(songs) or '-'}\n")
+        songs = recs.get(user.user_id, [])
+        w(f"  {user.user_id} (top artist {user.top_artist}): {', '.join(songs) or '-'}\n")
     w("\nTimings (s)\n")
     for key in ("mapreduce_time", "userbehavior_time", "recommendation_time", "total_workflow_time"):
         w(f"  {key:<22}{perf[key]:>10.3f}\n")
