@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +16,18 @@ from music_analytics.client.demo import LocalServices
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+
+
+def require_binary(name: str) -> str:
+    """The path of a system tool the test needs: under CI its absence fails the test (CI must
+    install it), elsewhere it skips."""
+    path = shutil.which(name)
+    if path:
+        return path
+    message = f"`{name}` not found: install the Debian package (see .ci/run)"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.conftest import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "charts" / "music-analytics" / "files" / "prometheus-rules.yaml"
@@ -20,16 +20,6 @@ REQUIRED = {  # what the issue asks for, by the alert that covers it
     "p95 latency": "MusicAnalyticsHighLatency",
     "rows rejected": "MusicAnalyticsRowsRejected",
 }
-
-
-def require_binary(name: str) -> str:
-    path = shutil.which(name)
-    if path:
-        return path
-    message = f"`{name}` not found: install the Debian package (see .ci/run)"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def rules() -> list[dict]:

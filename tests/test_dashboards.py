@@ -6,15 +6,15 @@ Whether every query returns data is checked against live services in test_observ
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.conftest import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD_DIR = ROOT / "charts" / "music-analytics" / "files" / "dashboards"
@@ -24,16 +24,6 @@ EXPECTED = {
 }
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 WINDOWS = {"$__rate_interval", "$__range"}
-
-
-def require_binary(name: str) -> str:
-    path = shutil.which(name)
-    if path:
-        return path
-    message = f"`{name}` not found: install the Debian package (see .ci/run)"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def load(name: str) -> dict:

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -35,6 +33,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from music_analytics.client.demo import LocalServices, free_port
+from tests.conftest import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART_FILES = ROOT / "charts" / "music-analytics" / "files"
@@ -51,16 +50,6 @@ PROMQL_WORDS = {
     "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
     "offset", "bool", "inf", "nan", "atan2",
 }  # fmt: skip
-
-
-def require_binary(name: str) -> str:
-    path = shutil.which(name)
-    if path:
-        return path
-    message = f"`{name}` not found: install the Debian package (see .ci/run)"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 # --- PromQL helpers -------------------------------------------------------------------------

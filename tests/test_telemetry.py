@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -19,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from music_analytics.client.demo import free_port
 from music_analytics.client.telemetry import PushgatewayError, pipeline_registry, push_pipeline_metrics
+from tests.conftest import require_binary
 
 RUN = {
     "events_read": 1050,
@@ -26,16 +25,6 @@ RUN = {
     "stage_seconds": {"mapreduce": 0.5, "userbehavior": 0.75, "recommendation": 0.125, "total": 1.5},
     "events_processed": 1000,
 }
-
-
-def require_binary(name: str) -> str:
-    path = shutil.which(name)
-    if path:
-        return path
-    message = f"`{name}` not found: install the Debian package (see .ci/run)"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def samples(text: str) -> dict[str, dict[tuple, float]]:

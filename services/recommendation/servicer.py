@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import grpc
 
 from music_analytics.api import recommendation_pb2, recommendation_pb2_grpc
+from music_analytics.services.common.ingest import inflight
 from music_analytics.services.common.metrics import ServiceMetrics
 from music_analytics.services.common.server import ServiceSpec
 from music_analytics.services.recommendation.analytics import TRENDING_SONGS, Candidate, Recommender, trending
@@ -24,8 +25,7 @@ class RecommendationServicer(recommendation_pb2_grpc.RecommendationServiceServic
     ) -> Iterator[recommendation_pb2.RecommendResponse]:
         service = self.m.service
         recommender = None
-        self.m.inflight.labels(service).inc()
-        try:
+        with inflight(self.m):
             for index, request in enumerate(request_iterator):
                 kind = request.WhichOneof("payload")
                 if index == 0:
@@ -74,8 +74,6 @@ class RecommendationServicer(recommendation_pb2_grpc.RecommendationServiceServic
                 yield recommendation_pb2.RecommendResponse(recommendations=reply)
             if recommender is None:
                 self._reject(context, "empty stream: send `candidates` first")
-        finally:
-            self.m.inflight.labels(service).dec()
 
     def _reject(self, context: grpc.ServicerContext, message: str, reason: str = "invalid_batch") -> None:
         self.m.rejected.labels(self.m.service, reason).inc()

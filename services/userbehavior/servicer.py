@@ -8,13 +8,12 @@ from collections.abc import Iterator
 import grpc
 
 from music_analytics.api import userbehavior_pb2, userbehavior_pb2_grpc
-from music_analytics.services.common.columns import InvalidBatchError
-from music_analytics.services.common.events import ARTIST, DURATION, USER, decode_chunk
+from music_analytics.services.common.events import ARTIST, DURATION, USER, EventColumns
+from music_analytics.services.common.ingest import inflight, ingest
 from music_analytics.services.common.metrics import ServiceMetrics
 from music_analytics.services.common.server import ServiceSpec
 from music_analytics.services.userbehavior.analytics import TOP_USERS, UserStats
 
-MAX_TOP = 10_000
 # Users per response message: keeps each message far below the 4 MB default limit.
 USERS_PER_MESSAGE = 20_000
 
@@ -28,26 +27,13 @@ class UserBehaviorServicer(userbehavior_pb2_grpc.UserBehaviorServiceServicer):
     ) -> Iterator[userbehavior_pb2.AnalyzeUsersResponse]:
         service = self.m.service
         stats = UserStats()
-        top_n = None
-        self.m.inflight.labels(service).inc()
-        try:
-            for index, request in enumerate(request_iterator):
-                if top_n is None:
-                    top_n = request.top_n or TOP_USERS
-                    if top_n > MAX_TOP:
-                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"top_n {top_n} exceeds {MAX_TOP}")
-                try:
-                    batch = decode_chunk(request.events, (USER, ARTIST, DURATION))
-                except InvalidBatchError as exc:
-                    self.m.rejected.labels(service, exc.reason).inc()
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"message {index}: {exc}")
-                start = time.perf_counter()
-                user, artist = batch.columns[USER], batch.columns[ARTIST]
-                stats.add_columns(user.dictionary, user.indices, artist.dictionary, artist.indices, batch.duration)
-                self.m.aggregation.labels(service).observe(time.perf_counter() - start)
-                self.m.events.labels(service).inc(batch.rows)
-                self.m.batches.labels(service).inc()
-                self.m.batch_size.labels(service).observe(batch.rows)
+
+        def add(batch: EventColumns) -> None:
+            user, artist = batch.columns[USER], batch.columns[ARTIST]
+            stats.add_columns(user.dictionary, user.indices, artist.dictionary, artist.indices, batch.duration)
+
+        with inflight(self.m):
+            top_n = ingest(request_iterator, context, self.m, (USER, ARTIST, DURATION), add, TOP_USERS)
             start = time.perf_counter()
             counts = {"events_processed": stats.events, "distinct_users": stats.distinct_users}
             for chunk in stats.summaries(USERS_PER_MESSAGE):
@@ -60,7 +46,7 @@ class UserBehaviorServicer(userbehavior_pb2_grpc.UserBehaviorServiceServicer):
                     ),
                     **counts,
                 )
-            top = stats.top_users(top_n or TOP_USERS)
+            top = stats.top_users(top_n)
             self.m.aggregation.labels(service).observe(time.perf_counter() - start)
             for kind, value in (
                 ("users", stats.distinct_users),
@@ -72,8 +58,6 @@ class UserBehaviorServicer(userbehavior_pb2_grpc.UserBehaviorServiceServicer):
                 top_users=userbehavior_pb2.UserTotals(user_ids=[u for u, _ in top], total_time=[t for _, t in top]),
                 **counts,
             )
-        finally:
-            self.m.inflight.labels(service).dec()
 
 
 SPEC = ServiceSpec(
