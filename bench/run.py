@@ -55,17 +55,35 @@ class ProcessRun:
     stderr_tail: str
 
 
+# Starts the measured command and reports its rusage. Linux counts the RSS a process had when
+# it was forked in its ``ru_maxrss``, even across exec: a command forked from the benchmark
+# (hundreds of MB of results held for comparison) would report the benchmark's size. Forked from
+# this small launcher instead, it inherits a few MB at most.
+_LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+print(usage.ru_maxrss, file=open(sys.argv[0], "w"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_process(cmd: list[str], log: Path) -> ProcessRun:
     """Run ``cmd`` to completion; wall time and peak RSS of that one process (not the bench's other
-    children), from ``wait4``. Output goes to ``log`` so a pipe never blocks the child."""
+    children). Output goes to ``log`` so a pipe never blocks the child."""
+    rss_file = log.with_suffix(".maxrss")
     with log.open("wb") as out:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.run(
+            [sys.executable, "-S", "-c", _LAUNCHER.replace("sys.argv[0]", repr(str(rss_file))), *cmd],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False,
+        )  # fmt: skip
         wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4: tell Popen
     tail = log.read_text(errors="replace")[-3000:] if proc.returncode else ""
-    return ProcessRun(wall, usage.ru_maxrss / 1024, proc.returncode, tail)  # ru_maxrss is KiB on Linux
+    peak_kib = int(rss_file.read_text()) if rss_file.exists() else 0
+    return ProcessRun(wall, peak_kib / 1024, proc.returncode, tail)  # ru_maxrss is KiB on Linux
 
 
 def vm_hwm_mb(pid: int) -> float | None:

@@ -28,6 +28,13 @@ def _add_run_arguments(p: argparse.ArgumentParser, data_required: bool) -> None:
     p.add_argument("--quiet", action="store_true", help="print no summary")
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="music-analytics", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,12 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="start the services locally, run the pipeline, stop them")
     _add_run_arguments(demo, data_required=False)
-    demo.add_argument("--replicas", type=int, default=1, help="replicas of MapReduce and UserBehavior")
+    demo.add_argument("--replicas", type=_positive_int, default=1, help="replicas of MapReduce and UserBehavior")
 
-    gen = sub.add_parser("generate", help="write synthetic listening events")
-    gen.add_argument("--events", type=int, required=True)
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--out", required=True)
+    from music_analytics.client import generate
+
+    generate.add_arguments(sub.add_parser("generate", help="write realistic synthetic listening events"))
 
     return parser
 
@@ -91,10 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         return _demo(args)
     if args.command == "generate":
-        from music_analytics.client.generate import generate
+        from music_analytics.client import generate
 
-        generate(args.out, args.events, args.seed)
-        return EXIT_OK
+        return generate.main(args)
     raise AssertionError(args.command)
 
 
@@ -234,12 +239,11 @@ def _demo(args: argparse.Namespace) -> int:
         return EXIT_INPUT
     with tempfile.TemporaryDirectory(prefix="music-analytics-demo-") as logs:
         print(f"Starting services ({args.replicas} replica(s) of each streaming service)...", file=sys.stderr)
+        services = LocalServices(replicas=args.replicas, log_dir=Path(logs))
         try:
-            services = LocalServices(replicas=args.replicas, log_dir=Path(logs)).__enter__()
-        except RuntimeError as exc:
+            services.start()
+        except RuntimeError as exc:  # names the service and ends with its last log lines
             print(f"error: {exc}", file=sys.stderr)
-            for log in sorted(Path(logs).glob("*.log")):
-                sys.stderr.write(log.read_text(errors="replace")[-2000:])
             return EXIT_SERVICE
         try:
             for p in services.all():

@@ -148,6 +148,11 @@ class LocalServices:
         self._names = tuple(names)
 
     def __enter__(self) -> LocalServices:
+        self.start()
+        return self
+
+    def start(self) -> None:
+        """Start every process and wait until each reports SERVING (stops them all on failure)."""
         try:
             for name in self._names:
                 count = 1 if name == "recommendation" else self._replicas
@@ -164,7 +169,6 @@ class LocalServices:
         except BaseException:
             self.stop()
             raise
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

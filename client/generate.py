@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -355,9 +356,9 @@ def generate(path: str | Path, events: int, seed: int, *, tricky: bool = False, 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``music-analytics generate``."""
-    parser.add_argument("--events", type=int, default=100_000, help="number of events (rows) to write")
+    parser.add_argument("--events", type=int, required=True, help="number of events (rows) to write")
     parser.add_argument("--seed", type=int, default=42, help="random seed; same seed, same bytes")
-    parser.add_argument("--out", default="data/generated.csv", help="output CSV path")
+    parser.add_argument("--out", required=True, help="output CSV path")
     parser.add_argument("--tricky", action="store_true", help="add non-ASCII names, commas and quotes")
     parser.add_argument("--crlf", action="store_true", help="end lines with CRLF")
 
@@ -365,9 +366,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run ``music-analytics generate`` with parsed ``args``; returns the exit code."""
     if args.events < 0:
-        print(f"error: --events must be >= 0, got {args.events}")
+        print(f"error: --events must be >= 0, got {args.events}", file=sys.stderr)
         return 2
-    generate(args.out, args.events, args.seed, tricky=args.tricky, crlf=args.crlf)
+    try:
+        generate(args.out, args.events, args.seed, tricky=args.tricky, crlf=args.crlf)
+    except OSError as exc:
+        print(f"error: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -69,3 +69,26 @@ def test_unwritable_results_path_exits_2(tmp_path, services):
                "--mapreduce", services.target("mapreduce"), "--userbehavior", services.target("userbehavior"),
                "--recommendation", services.target("recommendation"))  # fmt: skip
     assert_clean_error(proc, 2, "cannot write results")
+
+
+def test_demo_needs_at_least_one_replica():
+    assert_clean_error(cli("demo", "--replicas", "0"), 2, "must be at least 1")
+
+
+def test_generate_rejects_negative_counts_and_unwritable_paths(tmp_path):
+    assert_clean_error(cli("generate", "--events", "-1", "--out", str(tmp_path / "x.csv")), 2, "--events must be >= 0")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert_clean_error(cli("generate", "--events", "5", "--out", str(blocker / "x.csv")), 2, "cannot write")
+
+
+def test_generate_writes_what_run_reads(tmp_path, services):
+    data = tmp_path / "g.csv"
+    proc = cli("generate", "--events", "500", "--seed", "9", "--tricky", "--crlf", "--out", str(data))
+    assert proc.returncode == 0, proc.stderr
+    assert data.read_bytes().count(b"\r\n") == 501
+    out = tmp_path / "r.json"
+    proc = cli("run", "--data", str(data), "--out", str(out), "--quiet",
+               "--mapreduce", services.target("mapreduce"), "--userbehavior", services.target("userbehavior"),
+               "--recommendation", services.target("recommendation"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
