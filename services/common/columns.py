@@ -95,9 +95,6 @@ class StringIds:
         bounds = np.cumsum([len(d) for d in dictionaries])[:-1]
         return np.split(per_entry, bounds)
 
-    def map(self, strings: list[str]) -> np.ndarray:
-        return self.map_arrays([pa.array(strings, type=pa.string())])[0]
-
     def get(self, ids: np.ndarray) -> list[str]:
         return pc.take(self.values, pa.array(ids)).to_pylist()
 
@@ -129,16 +126,12 @@ class PendingBatches:
 COUNT_DTYPE = np.uint32
 
 
-def _distinct_sorted(keys: np.ndarray, counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Collapse sorted ``keys`` (with per-key ``counts``, default 1 each) to distinct keys and totals."""
+def _distinct_sorted(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Collapse sorted ``keys`` to distinct keys and how often each occurs."""
     if len(keys) == 0:
         return keys, np.empty(0, dtype=COUNT_DTYPE)
     starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
-    if counts is None:
-        totals = np.diff(np.append(starts, len(keys)))
-    else:
-        totals = np.add.reduceat(counts, starts)
-    return keys[starts], totals.astype(COUNT_DTYPE, copy=False)
+    return keys[starts], np.diff(np.append(starts, len(keys))).astype(COUNT_DTYPE)
 
 
 class KeyCounter:
@@ -213,8 +206,3 @@ def _merge_into(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarra
     counts[at[shared]] += b_counts[shared]
     new = ~shared
     return np.insert(a_keys, at[new], b_keys[new]), np.insert(counts, at[new], b_counts[new])
-
-
-def take_strings(values: list[str] | pa.Array, ids: np.ndarray) -> pa.Array:
-    arr = values if isinstance(values, pa.Array) else pa.array(values, type=pa.string())
-    return pc.take(arr, pa.array(ids))

@@ -14,11 +14,6 @@ from music_analytics.services.common.columns import KeyCounter, PendingBatches, 
 TOP_SONGS = 10
 
 
-def song_key(artist: str, song_id: str) -> str:
-    """The key songs are counted under, as in the original design."""
-    return f"{artist} - {song_id}"
-
-
 @dataclass(frozen=True)
 class SongCount:
     song: str
