@@ -7,10 +7,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from music_analytics.api import events_pb2, userbehavior_pb2
+from music_analytics.client.csv_source import STRING_COLUMNS
 
 # 64k rows keep a message near 2 MB for typical ids (PERF-NOTES: 256k rows break 4 MB).
 BATCH_ROWS = 65_536
-STRING_COLUMNS = ("user_id", "song_id", "artist")
 
 
 def _string_array_message(arr: pa.Array) -> events_pb2.StringArray:

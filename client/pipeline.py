@@ -31,6 +31,7 @@ from music_analytics.client.targets import resolve
 
 log = logging.getLogger(__name__)
 
+# The services' receive limit too (services/common/server.py); a batch is ~1-2 MB.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
