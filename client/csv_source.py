@@ -13,7 +13,6 @@ import csv
 import datetime as dt
 import io
 import re
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -282,7 +281,3 @@ def _parse_exact(body: bytes, names: tuple[str, ...], first_line: int) -> Chunk:
         }
     )
     return Chunk(table, rejected)
-
-
-def count_by_reason(rejections: list[Rejection]) -> Counter:
-    return Counter(r.reason for r in rejections)

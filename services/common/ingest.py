@@ -61,8 +61,5 @@ def ingest(
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"message {index}: {exc}")
         start = time.perf_counter()
         add(batch)
-        metrics.aggregation.labels(service).observe(time.perf_counter() - start)
-        metrics.events.labels(service).inc(batch.rows)
-        metrics.batches.labels(service).inc()
-        metrics.batch_size.labels(service).observe(batch.rows)
+        metrics.batch_done(batch.rows, time.perf_counter() - start)
     return top_n or default_top

@@ -135,6 +135,13 @@ class ServiceMetrics:
         for reason in REJECT_REASONS:
             self.rejected.labels(service, reason)
 
+    def batch_done(self, rows: int, seconds: float) -> None:
+        """Record one stream message of ``rows`` items that took ``seconds`` to aggregate."""
+        self.aggregation.labels(self.service).observe(seconds)
+        self.events.labels(self.service).inc(rows)
+        self.batches.labels(self.service).inc()
+        self.batch_size.labels(self.service).observe(rows)
+
     def register_methods(self, service_descriptor: Any) -> None:
         """Pre-create the zero series of every method of ``service_descriptor``."""
         for method in service_descriptor.methods:

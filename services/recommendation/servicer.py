@@ -67,10 +67,7 @@ class RecommendationServicer(recommendation_pb2_grpc.RecommendationServiceServic
                 reply = recommendation_pb2.Recommendations(
                     user_ids=users.user_ids, trending_mask=[mask_for(a) for a in users.top_artist]
                 )
-                self.m.aggregation.labels(service).observe(time.perf_counter() - start)
-                self.m.events.labels(service).inc(len(users.user_ids))
-                self.m.batches.labels(service).inc()
-                self.m.batch_size.labels(service).observe(len(users.user_ids))
+                self.m.batch_done(len(users.user_ids), time.perf_counter() - start)
                 yield recommendation_pb2.RecommendResponse(recommendations=reply)
             if recommender is None:
                 self._reject(context, "empty stream: send `candidates` first")
