@@ -76,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="how long in-flight calls may finish after SIGTERM (env MUSIC_ANALYTICS_GRACE_SECONDS)",
     )
+    serve.add_argument(
+        "--shutdown-delay-seconds",
+        type=float,
+        default=None,
+        help="after SIGTERM, keep accepting calls this long with health NOT_SERVING, so the cluster stops "
+        "routing to us first (default 5; env MUSIC_ANALYTICS_SHUTDOWN_DELAY_SECONDS)",
+    )
 
     demo = sub.add_parser("demo", help="start the services locally, run the pipeline, stop them")
     _add_run_arguments(demo, data_required=False)
@@ -114,6 +121,7 @@ def _serve(args: argparse.Namespace) -> int:
         grpc_port=args.port,
         metrics_port=args.metrics_port,
         grace_seconds=args.grace_seconds,
+        shutdown_delay_seconds=args.shutdown_delay_seconds,
     )
     try:
         serve(spec, config)

@@ -110,8 +110,12 @@ def start_service(
     grpc_port: int = 0,
     metrics_port: int = 0,
     extra_env: dict[str, str] | None = None,
+    shutdown_delay: float = 0.0,
 ) -> ServiceProcess:
     """Start ``name`` as a process logging to ``log_path``; port 0 lets the service pick one.
+
+    ``shutdown_delay`` is 0 by default: on loopback nothing routes to a process after it is told
+    to stop, so waiting for endpoint removal (as a pod must) would only slow every stop down.
 
     Call ``wait_serving()`` before using the ports.
     """
@@ -129,6 +133,8 @@ def start_service(
             str(grpc_port),
             "--metrics-port",
             str(metrics_port),
+            "--shutdown-delay-seconds",
+            str(shutdown_delay),
         ],
         stdout=log,
         stderr=log,

@@ -58,3 +58,41 @@ def test_sigterm_drains_in_flight_stream(tmp_path):
         assert '"message": "signal received"' in log and '"message": "stopped"' in log
     finally:
         service.stop()
+
+
+def test_sigterm_keeps_serving_new_calls_for_the_shutdown_delay(tmp_path):
+    """A pod is removed from Endpoints only after SIGTERM: new calls still arrive for a while.
+
+    With no call in flight the service must neither exit nor refuse them before the delay is
+    over; health says NOT_SERVING all along, so readiness drops at once.
+    """
+    delay = 2.0
+    service = start_service("mapreduce", tmp_path / "mapreduce.log", shutdown_delay=delay)
+    try:
+        service.wait_serving()
+        request = mapreduce_pb2.CountPlaysRequest.FromString(encode_batch(good_table(3)))
+        with grpc.insecure_channel(service.address) as channel:
+            stub = mapreduce_pb2_grpc.MapReduceServiceStub(channel)
+            health = health_pb2_grpc.HealthStub(channel)
+            signalled = time.monotonic()
+            service.process.send_signal(signal.SIGTERM)
+            answered = 0
+            while time.monotonic() - signalled < delay - 0.5:
+                status = health.Check(
+                    health_pb2.HealthCheckRequest(service="music.v1.MapReduceService"), timeout=1
+                ).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    continue  # the signal is not handled yet
+                assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+                # A call that arrives now, as one routed by a stale kube-proxy rule would, is answered.
+                assert stub.CountPlays(iter([request]), timeout=5).events_processed == 3
+                answered += 1
+                time.sleep(0.1)
+            assert answered >= 3
+            assert service.process.poll() is None, "exited before the shutdown delay was over"
+        assert service.process.wait(20) == 0
+        assert time.monotonic() - signalled >= delay
+        log = (tmp_path / "mapreduce.log").read_text()
+        assert '"shutdown_delay_seconds": 2.0' in log
+    finally:
+        service.stop()

@@ -49,6 +49,10 @@ class ServerConfig:
     metrics_port: int = 0
     grace_seconds: float = 30.0
     drain_seconds: float = 10.0
+    # Kubernetes removes a terminating pod from Endpoints asynchronously: kube-proxy rules, DNS
+    # answers and clients' connection pools still send it new calls for a few seconds after
+    # SIGTERM. Serving them (health NOT_SERVING) for this long turns them into answers, not errors.
+    shutdown_delay_seconds: float = 5.0
     workers: int = 16
     max_message_bytes: int = MAX_MESSAGE_BYTES
     log_level: str = "info"
@@ -67,6 +71,9 @@ class ServerConfig:
             "metrics_port": int(env.get("MUSIC_ANALYTICS_METRICS_PORT", spec.metrics_port)),
             "grace_seconds": float(env.get("MUSIC_ANALYTICS_GRACE_SECONDS", cls.grace_seconds)),
             "drain_seconds": float(env.get("MUSIC_ANALYTICS_DRAIN_SECONDS", cls.drain_seconds)),
+            "shutdown_delay_seconds": float(
+                env.get("MUSIC_ANALYTICS_SHUTDOWN_DELAY_SECONDS", cls.shutdown_delay_seconds)
+            ),
             "workers": int(env.get("MUSIC_ANALYTICS_WORKERS", cls.workers)),
             "log_level": env.get("MUSIC_ANALYTICS_LOG_LEVEL", cls.log_level),
         }
@@ -132,9 +139,10 @@ class RunningService:
     def stop(self) -> None:
         """NOT_SERVING first, so probes and load balancers stop sending us work; then drain.
 
-        While calls are in flight (up to ``drain_seconds``) the server still answers, so a
-        health check sees NOT_SERVING rather than a refused connection; then ``server.stop``
-        gives what is left ``grace_seconds`` before cancelling it.
+        For ``shutdown_delay_seconds`` the server keeps accepting new calls (the cluster is
+        still routing some to it); then, while calls are in flight (up to ``drain_seconds``),
+        it still answers, so a health check sees NOT_SERVING rather than a refused connection;
+        then ``server.stop`` gives what is left ``grace_seconds`` before cancelling it.
         """
         if self._stopped.is_set():
             return
@@ -143,11 +151,13 @@ class RunningService:
             "shutting down",
             extra={
                 "in_flight": self.interceptor.active_calls,
+                "shutdown_delay_seconds": self.config.shutdown_delay_seconds,
                 "drain_seconds": self.config.drain_seconds,
                 "grace_seconds": self.config.grace_seconds,
             },
         )
         self.health.enter_graceful_shutdown()
+        time.sleep(max(self.config.shutdown_delay_seconds, 0.0))
         deadline = time.monotonic() + self.config.drain_seconds
         while self.interceptor.active_calls and time.monotonic() < deadline:
             time.sleep(0.05)
