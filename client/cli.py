@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-EXIT_OK, EXIT_SERVICE, EXIT_INPUT, EXIT_BAD_ROW = 0, 1, 2, 3
+EXIT_OK, EXIT_SERVICE, EXIT_INPUT, EXIT_BAD_ROW, EXIT_NOT_STORED = 0, 1, 2, 3, 4
 DEFAULT_RESULTS = "results/run_grpc_metrics.json"
 DEFAULT_DATA = "data/stream_data.csv"
 
@@ -188,12 +188,22 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_INPUT
     if not args.quiet:
         print_summary(document, sys.stdout, args.data, str(out))
-    _publish(args, document, result)
+    _push_metrics(args, document)
+    if args.results_configmap:
+        from music_analytics.client.k8s_results import ResultsPublishError, publish_results_configmap
+
+        # Where the results were asked to be stored, a run that could not store them has failed:
+        # a Job that exits 0 here would report success with nothing to show for it.
+        try:
+            publish_results_configmap(args.results_configmap, _summary(document))
+        except ResultsPublishError as exc:
+            print(f"error: results not stored: {exc}", file=sys.stderr)
+            return EXIT_NOT_STORED
     return EXIT_OK
 
 
-def _publish(args: argparse.Namespace, document: dict, result: object) -> None:
-    """Optional side channels; a failure here is reported but does not fail the run."""
+def _push_metrics(args: argparse.Namespace, document: dict) -> None:
+    """The Pushgateway is monitoring, not results: a failed push is reported but does not fail the run."""
     log = logging.getLogger("music_analytics.client")
     if getattr(args, "pushgateway", None):
         try:
@@ -213,13 +223,6 @@ def _publish(args: argparse.Namespace, document: dict, result: object) -> None:
         except Exception as exc:
             print(f"warning: could not push metrics to {args.pushgateway}: {exc}", file=sys.stderr)
             log.warning("pushgateway push failed", extra={"error": str(exc)})
-    if getattr(args, "results_configmap", None):
-        try:
-            from music_analytics.client.k8s_results import publish_results_configmap
-
-            publish_results_configmap(args.results_configmap, _summary(document))
-        except Exception as exc:
-            print(f"warning: could not write ConfigMap {args.results_configmap}: {exc}", file=sys.stderr)
 
 
 def _summary(document: dict) -> dict:

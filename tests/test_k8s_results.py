@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
+from music_analytics.client.demo import LocalServices
 from music_analytics.client.k8s_results import ResultsPublishError, publish_results_configmap, summary_data
+from tests.conftest import cli
 
 _PREFIX = "/api/v1/namespaces/"
 
@@ -196,3 +198,38 @@ def test_summary_data_is_strings_only():
     data = summary_data({"a": 1, "b": True, "c": None, "bad key": "x", "d": {"e": 1}})
     assert all(isinstance(v, str) for v in data.values())
     assert set(data) == {"summary.json", "a", "b"}
+
+
+def _run_with_configmap(services: LocalServices, api: FakeKubeApi, directory: Path, name: str) -> Any:
+    env = {"KUBECONFIG": str(api.kubeconfig(directory)), "KUBERNETES_SERVICE_HOST": "", "POD_NAMESPACE": ""}
+    return cli(
+        "run", "--data", "data/stream_data.csv", "--out", str(directory / "r.json"), "--quiet",
+        "--mapreduce", services.target("mapreduce"),
+        "--userbehavior", services.target("userbehavior"),
+        "--recommendation", services.target("recommendation"),
+        "--results-configmap", name,
+        env=env,
+    )  # fmt: skip
+
+
+def test_run_stores_its_summary_in_the_configmap(services: LocalServices, tmp_path: Path):
+    with FakeKubeApi(allowed_names={"demo-results"}, allow_create=False) as api:
+        api.precreate("analytics", "demo-results")
+        proc = _run_with_configmap(services, api, tmp_path, "demo-results")
+        stored = api.configmaps[("analytics", "demo-results")]
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(stored["data"]["summary.json"])
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert summary["events_processed"] == results["events_processed"] > 0
+    assert summary["top_songs"] == results["mapreduce_results"]["top_songs"]
+
+
+def test_run_that_cannot_store_its_results_fails_with_its_own_code(services: LocalServices, tmp_path: Path):
+    # The Role was removed (or names another ConfigMap): the API answers 403. The Job must fail.
+    with FakeKubeApi(allowed_names={"demo-results"}, allow_create=False) as api:
+        proc = _run_with_configmap(services, api, tmp_path, "other-results")
+    assert proc.returncode == 4, proc.stderr
+    assert "error: results not stored: cannot write ConfigMap analytics/other-results" in proc.stderr
+    assert "403" in proc.stderr
+    # The analytics themselves were computed and written locally: only the store failed.
+    assert json.loads((tmp_path / "r.json").read_text())["events_processed"] > 0
