@@ -14,6 +14,7 @@ from pathlib import Path
 EXIT_OK, EXIT_SERVICE, EXIT_INPUT, EXIT_BAD_ROW, EXIT_NOT_STORED = 0, 1, 2, 3, 4
 DEFAULT_RESULTS = "results/run_grpc_metrics.json"
 DEFAULT_DATA = "data/stream_data.csv"
+SERVICE_NAMES = ("mapreduce", "userbehavior", "recommendation")
 
 
 def _add_run_arguments(p: argparse.ArgumentParser, data_required: bool) -> None:
@@ -35,6 +36,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _replica_counts(text: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or name not in SERVICE_NAMES:
+            raise argparse.ArgumentTypeError(f"{item!r}: expected NAME=N with NAME one of {', '.join(SERVICE_NAMES)}")
+        try:
+            counts[name] = _positive_int(value)
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            raise argparse.ArgumentTypeError(f"{item!r}: {exc}") from None
+    return counts
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="music-analytics", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -53,7 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=10.0,
         metavar="SECONDS",
-        help="how long to wait for every service to report SERVING (default 10)",
+        help="how long to wait for every service to report SERVING, names that do not resolve yet included; "
+        "also how long to wait for a replacement when a replica is lost (default 10)",
+    )
+    run.add_argument(
+        "--expect-replicas",
+        type=_replica_counts,
+        default={},
+        metavar="NAME=N[,NAME=N]",
+        help="replicas to wait for, e.g. mapreduce=2,userbehavior=2 (default: every address a target lists "
+        "when first resolved); after --wait-ready the run goes on with those that serve",
     )
     run.add_argument("--pushgateway", metavar="URL", help="push the run's metrics to this Prometheus Pushgateway")
     run.add_argument(
@@ -163,6 +186,7 @@ def _run(args: argparse.Namespace) -> int:
         recommendation=args.recommendation,
         strict=args.strict,
         wait_ready=args.wait_ready,
+        expected_replicas=args.expect_replicas,
         progress=_progress_printer(),
     )
     try:

@@ -59,10 +59,11 @@ class ServiceProcess:
     metrics_port: int
     process: subprocess.Popen
     log_path: Path
+    host: str = "127.0.0.1"  # any loopback address: replicas on 127.0.0.2, .3 can share a port
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self.host}:{self.grpc_port}"
 
     def wait_serving(self, timeout: float = 30.0) -> None:
         health_name = SERVICES[self.name].full_name
@@ -111,6 +112,7 @@ def start_service(
     metrics_port: int = 0,
     extra_env: dict[str, str] | None = None,
     shutdown_delay: float = 0.0,
+    host: str = "127.0.0.1",
 ) -> ServiceProcess:
     """Start ``name`` as a process logging to ``log_path``; port 0 lets the service pick one.
 
@@ -128,7 +130,7 @@ def start_service(
             "serve",
             name,
             "--host",
-            "127.0.0.1",
+            host,
             "--port",
             str(grpc_port),
             "--metrics-port",
@@ -141,7 +143,7 @@ def start_service(
         env=os.environ | (extra_env or {}),
     )
     log.close()
-    return ServiceProcess(name, grpc_port, metrics_port, process, log_path)
+    return ServiceProcess(name, grpc_port, metrics_port, process, log_path, host)
 
 
 class LocalServices:

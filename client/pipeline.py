@@ -22,36 +22,25 @@ from typing import Any
 
 import grpc
 import pyarrow as pa
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from music_analytics.api import mapreduce_pb2, recommendation_pb2, userbehavior_pb2
 from music_analytics.client.csv_source import REJECT_REASONS, Chunk, Rejection, read_events, read_header
 from music_analytics.client.encoding import batches, encode_batch, shard_rows
-from music_analytics.client.targets import resolve
+from music_analytics.client.replicas import (
+    Endpoint,
+    Replicas,
+    ServiceError,
+    ServiceInfo,
+    describe,
+    replica_lost,
+)
+from music_analytics.client.targets import parse_target
+
+__all__ = ["PipelineConfig", "PipelineResult", "ServiceError", "run_pipeline"]
 
 log = logging.getLogger(__name__)
 
-# The services' receive limit too (services/common/server.py); a batch is ~1-2 MB.
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-]
-# Codes that mean "this replica is gone", as opposed to "this request is wrong".
-REPLICA_LOST = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED}
 USERS_PER_MESSAGE = 20_000
-
-
-class ServiceError(Exception):
-    """A service is unreachable, lost every replica, or refused our requests. Exit code 1."""
-
-
-@dataclass(frozen=True)
-class ServiceInfo:
-    name: str
-    health_name: str
-    method: str
-    columns: tuple[str, ...] = ()  # the event columns the service reads
 
 
 MAPREDUCE = ServiceInfo(
@@ -66,39 +55,6 @@ USERBEHAVIOR = ServiceInfo(
 RECOMMENDATION = ServiceInfo(
     "recommendation", "music.v1.RecommendationService", "/music.v1.RecommendationService/Recommend"
 )
-
-
-class Endpoint:
-    def __init__(self, service: ServiceInfo, address: str) -> None:
-        self.service = service
-        self.address = address
-        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-        self.alive = True
-
-    def wait_serving(self, timeout: float) -> None:
-        """Block until the endpoint reports SERVING for its service, or raise ServiceError."""
-        stub = health_pb2_grpc.HealthStub(self.channel)
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                reply = stub.Check(
-                    health_pb2.HealthCheckRequest(service=self.service.health_name),
-                    timeout=max(min(remaining, 2.0), 0.05),
-                    wait_for_ready=True,
-                )
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-                last = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-            except grpc.RpcError as exc:
-                last = f"{exc.code().name}: {exc.details()}"
-            if time.monotonic() >= deadline:
-                raise ServiceError(f"{self.service.name} at {self.address} is not serving after {timeout:g}s ({last})")
-            time.sleep(0.1)
-
-    def close(self) -> None:
-        self.channel.close()
 
 
 class StreamCall:
@@ -152,58 +108,39 @@ class StreamCall:
         self._done.wait()
 
 
-def _describe(exc: BaseException | None) -> str:
-    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
-        return f"{exc.code().name}: {exc.details()}"
-    return repr(exc)
-
-
-def _replica_lost(exc: BaseException | None) -> bool:
-    return isinstance(exc, grpc.RpcError) and hasattr(exc, "code") and exc.code() in REPLICA_LOST
-
-
 class ShardedStream:
-    """One streaming service, its rows partitioned by ``key`` across the replicas of ``target``."""
+    """One streaming service, its rows partitioned by ``key`` across its replicas.
+
+    The number of shards is fixed when the run starts (a row's shard is its key's hash modulo
+    that number); replicas that appear later take over lost shards.
+    """
 
     def __init__(
         self,
-        service: ServiceInfo,
-        target: str,
+        replicas: Replicas,
         key: str,
         deserializer: Callable[[bytes], Any],
         unary_response: bool,
         replay: Callable[[int | None], Iterator[Chunk]],
+        recovery_wait: float,
     ) -> None:
-        self.service = service
-        self.target = target
+        self.replicas = replicas
+        self.service = replicas.service
         self.key = key
         self._deserializer = deserializer
         self._unary = unary_response
         self._replay = replay
-        self.endpoints = [Endpoint(service, a) for a in resolve(target)]
+        self._recovery_wait = recovery_wait
         self.calls: list[StreamCall] = []
         self.recoveries = 0
-        self._next = 0
 
     @property
     def shards(self) -> int:
         return len(self.calls)
 
-    def connect(self, timeout: float) -> None:
-        """Wait for the replicas to serve; go on with the live ones if at least one is."""
-        problems = []
-        for endpoint in self.endpoints:
-            try:
-                endpoint.wait_serving(timeout)
-            except ServiceError as exc:
-                endpoint.alive = False
-                problems.append(str(exc))
-        live = [e for e in self.endpoints if e.alive]
-        if not live:
-            raise ServiceError("; ".join(problems))
-        for problem in problems:
-            log.warning("replica unavailable, continuing without it", extra={"detail": problem})
-        self.calls = [self._open(e) for e in live]
+    def connect(self, deadline: float, expected: int | None) -> None:
+        """Wait for the replicas to serve (see Replicas.wait); one shard per serving replica."""
+        self.calls = [self._open(e) for e in self.replicas.wait(deadline, expected)]
 
     def _open(self, endpoint: Endpoint) -> StreamCall:
         return StreamCall(endpoint, self._deserializer, self._unary)
@@ -229,11 +166,11 @@ class ShardedStream:
         """Rebuild ``shards`` on live replicas from the input up to byte offset ``upto``."""
         for s in sorted(shards):
             # Bounded: behind one address, a replica may pass health checks yet keep failing streams.
-            for _attempt in range(3 * len(self.endpoints)):
+            for _attempt in range(3 * max(len(self.replicas.endpoints), self.shards)):
                 failed = self.calls[s]
                 self._check_recoverable(failed)
                 failed.endpoint.alive = False
-                endpoint = self._pick_endpoint()
+                endpoint = self.replicas.pick(self._recovery_wait)
                 log.warning(
                     "replica lost; rebuilding its shard on another replica",
                     extra={
@@ -241,7 +178,7 @@ class ShardedStream:
                         "lost": failed.endpoint.address,
                         "replacement": endpoint.address,
                         "shard": s,
-                        "detail": _describe(failed.error),
+                        "detail": describe(failed.error),
                     },
                 )
                 self.recoveries += 1
@@ -262,24 +199,8 @@ class ShardedStream:
         return True
 
     def _check_recoverable(self, call: StreamCall) -> None:
-        if not _replica_lost(call.error):
-            raise ServiceError(f"{self.service.name} at {call.endpoint.address} failed: {_describe(call.error)}")
-
-    def _pick_endpoint(self) -> Endpoint:
-        live = [e for e in self.endpoints if e.alive]
-        if live:
-            self._next += 1
-            return live[self._next % len(live)]
-        # Behind one ClusterIP address a new connection may reach another pod: try once more.
-        for endpoint in self.endpoints:
-            try:
-                endpoint.wait_serving(2.0)
-                endpoint.alive = True
-                return endpoint
-            except ServiceError:
-                continue
-        addresses = ", ".join(e.address for e in self.endpoints)
-        raise ServiceError(f"{self.service.name}: every replica is unreachable ({addresses})")
+        if not replica_lost(call.error):
+            raise ServiceError(f"{self.service.name} at {call.endpoint.address} failed: {describe(call.error)}")
 
     def end_input(self) -> None:
         """Half-close every shard's call: the replicas start on their answers."""
@@ -301,8 +222,7 @@ class ShardedStream:
                 self.calls[s].send(None)
 
     def close(self) -> None:
-        for e in self.endpoints:
-            e.close()
+        self.replicas.close()
 
 
 @dataclass
@@ -328,7 +248,10 @@ class PipelineConfig:
     userbehavior: str
     recommendation: str
     strict: bool = False
+    # How long to wait for the services at the start, and for a replacement when a replica is lost.
     wait_ready: float = 10.0
+    # Replicas to wait for, by service (None: every address the target lists, at least one).
+    expected_replicas: dict[str, int] = field(default_factory=dict)
     progress: Callable[[int, int], None] | None = None
 
 
@@ -343,21 +266,35 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
     def replay(upto: int | None) -> Iterator[Chunk]:
         return read_events(path, stop_offset=upto)
 
+    # Bad syntax fails now (exit 2); names that do not resolve yet are waited for in connect.
+    targets = {
+        info: parse_target(text)
+        for info, text in (
+            (MAPREDUCE, config.mapreduce),
+            (USERBEHAVIOR, config.userbehavior),
+            (RECOMMENDATION, config.recommendation),
+        )
+    }
     mapreduce = ShardedStream(
-        MAPREDUCE, config.mapreduce, "song", mapreduce_pb2.CountPlaysResponse.FromString, True, replay
+        Replicas(MAPREDUCE, targets[MAPREDUCE]),
+        "song",
+        mapreduce_pb2.CountPlaysResponse.FromString,
+        True,
+        replay,
+        config.wait_ready,
     )
     userbehavior = ShardedStream(
-        USERBEHAVIOR,
-        config.userbehavior,
+        Replicas(USERBEHAVIOR, targets[USERBEHAVIOR]),
         "user_id",
         userbehavior_pb2.AnalyzeUsersResponse.FromString,
         False,
         replay,
+        config.wait_ready,
     )
-    recommendation_endpoints = [Endpoint(RECOMMENDATION, a) for a in resolve(config.recommendation)]
+    recommendation = Replicas(RECOMMENDATION, targets[RECOMMENDATION])
     streams = (mapreduce, userbehavior)
     try:
-        live_recommendation = _connect_all(streams, recommendation_endpoints, config.wait_ready)
+        recommendation_replicas = _connect_all(streams, recommendation, config)
         rejected: list[Rejection] = []
         # Every reason, zeros included: a dashboard panel of reasons is never empty.
         by_reason: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
@@ -395,15 +332,14 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
             if counted != events:
                 raise ServiceError(f"{name} counted {counted} events but the client sent {events}")
         rec_start = time.perf_counter()
-        trending, recommendations = _recommend(live_recommendation, top_songs, users)
+        trending, recommendations = _recommend(recommendation, config.wait_ready, top_songs, users)
         if len(recommendations) != len(users):
             raise ServiceError(f"recommendation answered for {len(recommendations)} of {len(users)} users")
         done = time.perf_counter()
     finally:
         for stream in streams:
             stream.close()
-        for e in recommendation_endpoints:
-            e.close()
+        recommendation.close()
     return PipelineResult(
         top_songs=top_songs,
         distinct_songs=distinct_songs,
@@ -421,8 +357,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
             "recommendation_time": done - rec_start,
             "total_workflow_time": done - started,
         },
-        replicas={s.service.name: len(s.endpoints) for s in streams}
-        | {"recommendation": len(recommendation_endpoints)},
+        replicas={s.service.name: s.shards for s in streams} | {"recommendation": recommendation_replicas},
         recoveries={s.service.name: s.recoveries for s in streams},
     )
 
@@ -443,26 +378,23 @@ def read_ahead(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
             yield chunk
 
 
-def _connect_all(streams: tuple[ShardedStream, ...], rec: list[Endpoint], timeout: float) -> list[Endpoint]:
-    """Wait for every service; returns the live Recommendation replicas. Raises if a service has none."""
+def _connect_all(streams: tuple[ShardedStream, ...], recommendation: Replicas, config: PipelineConfig) -> int:
+    """Wait for every service within one ``wait_ready`` window; returns how many Recommendation
+    replicas serve. Raises ServiceError naming every service that has none."""
+    deadline = time.monotonic() + config.wait_ready
     errors = []
     for stream in streams:
         try:
-            stream.connect(timeout)
+            stream.connect(deadline, config.expected_replicas.get(stream.service.name))
         except ServiceError as exc:
             errors.append(str(exc))
-    live, problems = [], []
-    for endpoint in rec:
-        try:
-            endpoint.wait_serving(timeout)
-            live.append(endpoint)
-        except ServiceError as exc:
-            problems.append(str(exc))
-    if not live:
-        errors.extend(problems)
+    try:
+        serving = len(recommendation.wait(deadline, config.expected_replicas.get(RECOMMENDATION.name)))
+    except ServiceError as exc:
+        errors.append(str(exc))
     if errors:
         raise ServiceError("; ".join(errors))
-    return live
+    return serving
 
 
 def _merge_songs(answers: list[mapreduce_pb2.CountPlaysResponse]) -> tuple[list, int, int]:
@@ -502,8 +434,11 @@ def _merge_users(answers: list[userbehavior_pb2.AnalyzeUsersResponse]) -> tuple[
 
 
 def _recommend(
-    endpoints: list[Endpoint], top_songs: list[mapreduce_pb2.SongCount], users: list[UserResult]
+    replicas: Replicas, wait: float, top_songs: list[mapreduce_pb2.SongCount], users: list[UserResult]
 ) -> tuple[list, dict[str, list[str]]]:
+    """Ask one Recommendation replica; a lost replica's call is asked again of another (the call
+    holds no state worth keeping), as many times as there are replicas, and a few more."""
+
     def requests() -> Iterator[recommendation_pb2.RecommendRequest]:
         yield recommendation_pb2.RecommendRequest(
             candidates=recommendation_pb2.Candidates(
@@ -519,7 +454,8 @@ def _recommend(
             )
 
     errors = []
-    for endpoint in endpoints:
+    for _attempt in range(3 * max(len(replicas.endpoints), 1)):
+        endpoint = replicas.pick(wait)
         call = endpoint.channel.stream_stream(
             RECOMMENDATION.method,
             request_serializer=recommendation_pb2.RecommendRequest.SerializeToString,
@@ -539,7 +475,8 @@ def _recommend(
                     recommendations.update(zip(r.user_ids, map(by_mask.__getitem__, r.trending_mask), strict=True))
             return trending, recommendations
         except grpc.RpcError as exc:
-            if not _replica_lost(exc):
-                raise ServiceError(f"recommendation at {endpoint.address} failed: {_describe(exc)}") from None
-            errors.append(f"{endpoint.address}: {_describe(exc)}")
-    raise ServiceError(f"recommendation: every replica failed ({'; '.join(errors)})")
+            if not replica_lost(exc):
+                raise ServiceError(f"recommendation at {endpoint.address} failed: {describe(exc)}") from None
+            endpoint.alive = False
+            errors.append(f"{endpoint.address}: {describe(exc)}")
+    raise ServiceError(f"recommendation: gave up after {len(errors)} failed calls ({'; '.join(errors)})")

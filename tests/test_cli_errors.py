@@ -40,7 +40,7 @@ def test_service_down_names_service_and_address_after_a_bounded_wait(tmp_path, s
                "--mapreduce", services.target("mapreduce"), "--userbehavior", dead,
                "--recommendation", services.target("recommendation"))  # fmt: skip
     assert time.monotonic() - start < 30
-    assert_clean_error(proc, 1, f"userbehavior at {dead} is not serving after 2s")
+    assert_clean_error(proc, 1, "userbehavior: not serving after 2s", f"{dead}: DEADLINE_EXCEEDED")
     assert not (tmp_path / "r.json").exists()
 
 

@@ -1,0 +1,192 @@
+"""The replicas of one service: found from its target, health-checked, found anew as they change.
+
+In Kubernetes the client addresses each service through its headless Service, whose DNS name
+lists only Ready pods. At the start of a run that list can be empty or short (the Job starts
+with the Deployments), and during a run it changes (a rolling restart replaces every pod). So a
+name that does not resolve yet is waited for, not an error, and a lost replica's work goes to
+whatever replicas the name lists at that moment.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from music_analytics.client.targets import ResolutionError, Target
+
+log = logging.getLogger(__name__)
+
+# The services' receive limit too (services/common/server.py); a batch is ~1-2 MB.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+# Codes that mean "this replica is gone", as opposed to "this request is wrong".
+REPLICA_LOST = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED}
+# How often a wait says what it is still waiting for.
+REPORT_EVERY_SECONDS = 5.0
+
+
+class ServiceError(Exception):
+    """A service is unreachable, lost every replica, or refused our requests. Exit code 1."""
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    name: str
+    health_name: str
+    method: str
+    columns: tuple[str, ...] = ()  # the event columns the service reads
+
+
+class Endpoint:
+    """One replica's address and channel; ``alive`` once it answered SERVING, until it fails."""
+
+    def __init__(self, service: ServiceInfo, address: str) -> None:
+        self.service = service
+        self.address = address
+        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.alive = False
+        self.status = "not checked yet"
+
+    def check(self, timeout: float) -> bool:
+        """Ask the replica's health once; sets and returns ``alive``."""
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        try:
+            reply = stub.Check(
+                health_pb2.HealthCheckRequest(service=self.service.health_name),
+                timeout=max(timeout, 0.05),
+                wait_for_ready=True,
+            )
+            self.status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            self.alive = reply.status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.RpcError as exc:
+            self.status = f"{exc.code().name}: {exc.details()}"
+            self.alive = False
+        return self.alive
+
+    def wait_serving(self, timeout: float) -> None:
+        """Block until the endpoint reports SERVING, or raise ServiceError."""
+        deadline = time.monotonic() + timeout
+        while not self.check(min(deadline - time.monotonic(), 2.0)):
+            if time.monotonic() >= deadline:
+                raise ServiceError(
+                    f"{self.service.name} at {self.address} is not serving after {timeout:g}s ({self.status})"
+                )
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class Replicas:
+    """Every replica the target has listed so far, by address."""
+
+    def __init__(self, service: ServiceInfo, target: Target) -> None:
+        self.service = service
+        self.target = target
+        self.endpoints: dict[str, Endpoint] = {}
+        self._unresolved = ""  # why the last resolution found nothing, if it did
+        self._turn = 0
+
+    def refresh(self) -> None:
+        """Resolve the target again and add the replicas it lists now (a removed one stays known:
+        its failed calls say so, and it may come back)."""
+        try:
+            addresses = self.target.resolve()
+        except ResolutionError as exc:
+            self._unresolved = str(exc)
+            return
+        self._unresolved = ""
+        for address in addresses:
+            if address not in self.endpoints:
+                self.endpoints[address] = Endpoint(self.service, address)
+
+    def live(self) -> list[Endpoint]:
+        return [e for _, e in sorted(self.endpoints.items()) if e.alive]
+
+    def waiting_for(self, expected: int | None) -> str:
+        """What a wait is still waiting for, in words."""
+        if not self.endpoints:
+            why = self._unresolved or f"{self.target.text!r}: no address yet"
+            hint = " (a headless Service lists a pod only once it is Ready)" if self.target.dynamic else ""
+            return f"{why}{hint}"
+        want = expected or len(self.endpoints)
+        not_serving = "; ".join(f"{e.address}: {e.status}" for _, e in sorted(self.endpoints.items()) if not e.alive)
+        return f"{len(self.live())} of {want} replica(s) SERVING" + (f"; {not_serving}" if not_serving else "")
+
+    def wait(self, deadline: float, expected: int | None = None) -> list[Endpoint]:
+        """Wait until ``expected`` replicas serve (None: every listed one, at least one), or the
+        deadline (``time.monotonic()``); then go on with the serving ones if any serve.
+
+        Raises ServiceError naming what it waited for when none serves by the deadline.
+        """
+        started = time.monotonic()
+        report_at = started + REPORT_EVERY_SECONDS
+        while True:
+            self.refresh()
+            for endpoint in self.endpoints.values():
+                if not endpoint.alive:
+                    endpoint.check(min(1.0, deadline - time.monotonic()))
+            live = self.live()
+            want = expected or max(len(self.endpoints), 1)
+            if len(live) >= want:
+                return live
+            now = time.monotonic()
+            if now >= deadline:
+                if live:
+                    log.warning(
+                        "going on with the replicas that serve",
+                        extra={"service": self.service.name, "detail": self.waiting_for(expected)},
+                    )
+                    return live
+                raise ServiceError(
+                    f"{self.service.name}: not serving after {now - started:.0f}s: {self.waiting_for(expected)}"
+                )
+            if now >= report_at:
+                log.warning(
+                    "waiting for replicas", extra={"service": self.service.name, "detail": self.waiting_for(expected)}
+                )
+                report_at = now + REPORT_EVERY_SECONDS
+            time.sleep(min(0.25, max(deadline - now, 0.0)))
+
+    def pick(self, wait: float) -> Endpoint:
+        """A serving replica to take over a lost replica's work, taking turns among them.
+
+        The target is resolved again first, so pods that became Ready during the run (a rolling
+        restart's new pods, a scale-up) are used. Waits up to ``wait`` seconds for one.
+        """
+        deadline = time.monotonic() + wait
+        while True:
+            self.refresh()
+            # Known-good replicas first; then the others (behind one ClusterIP address, a new
+            # connection may reach another pod; a restarted pod may answer again).
+            for endpoint in self.live() + [e for _, e in sorted(self.endpoints.items()) if not e.alive]:
+                if endpoint.check(min(2.0, max(deadline - time.monotonic(), 0.05))):
+                    live = self.live()
+                    self._turn += 1
+                    return live[self._turn % len(live)]
+            if time.monotonic() >= deadline:
+                raise ServiceError(
+                    f"{self.service.name}: every replica is unreachable after {wait:g}s: {self.waiting_for(None)}"
+                )
+            time.sleep(0.25)
+
+    def close(self) -> None:
+        for endpoint in self.endpoints.values():
+            endpoint.close()
+
+
+def describe(exc: BaseException | None) -> str:
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        return f"{exc.code().name}: {exc.details()}"
+    return repr(exc)
+
+
+def replica_lost(exc: BaseException | None) -> bool:
+    return isinstance(exc, grpc.RpcError) and hasattr(exc, "code") and exc.code() in REPLICA_LOST
