@@ -7,7 +7,9 @@ system work (probes, addresses, NetworkPolicies, RBAC, Pod Security, monitoring 
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
+from helm_python import _native
 
 from music_analytics.services.registry import SERVICES
 
@@ -26,6 +29,12 @@ VALUE_SETS["kind"] = ROOT / "k8s" / "music-analytics-kind-values.yaml"
 KUBE_VERSIONS = ("1.29", "1.37")  # Chart.yaml kubeVersion >=1.29; the newest the validator knows
 RELEASE, NAMESPACE, REVISION = "demo", "analytics", 3
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+# What a cluster with the Prometheus Operator serves (`helm template --api-versions ...`).
+MONITORING_APIS = (
+    "monitoring.coreos.com/v1",
+    "monitoring.coreos.com/v1/ServiceMonitor",
+    "monitoring.coreos.com/v1/PrometheusRule",
+)
 COMPONENTS = sorted(SERVICES)  # the services as the code defines them: mapreduce, recommendation, userbehavior
 
 
@@ -41,10 +50,29 @@ def load_values(name: str) -> dict[str, Any]:
     return yaml.safe_load(VALUE_SETS[name].read_text()) or {}
 
 
+def render_manifests(
+    values: dict[str, Any],
+    revision: int = REVISION,
+    name: str = RELEASE,
+    namespace: str = NAMESPACE,
+    api_versions: Iterable[str] = (),
+) -> dict[str, str]:
+    """Helm's own render. With api_versions, .Capabilities.APIVersions also has those (the Go SDK's
+    option behind `helm template --api-versions`; helm-python-sdk's Chart.render doesn't expose it)."""
+    if not api_versions:
+        return chart().render(values, name=name, namespace=namespace, revision=revision)
+    opts = {"name": name, "namespace": namespace, "revision": revision, "api_versions": list(api_versions)}
+    return json.loads(_native.call_string("helm_render", chart()._raw(), json.dumps(values), json.dumps(opts)))
+
+
 def render_docs(
-    values: dict[str, Any], revision: int = REVISION, name: str = RELEASE, namespace: str = NAMESPACE
+    values: dict[str, Any],
+    revision: int = REVISION,
+    name: str = RELEASE,
+    namespace: str = NAMESPACE,
+    api_versions: Iterable[str] = (),
 ) -> list[dict[str, Any]]:
-    rendered = chart().render(values, name=name, namespace=namespace, revision=revision)
+    rendered = render_manifests(values, revision, name, namespace, api_versions)
     docs = []
     for path, text in sorted(rendered.items()):
         if path.endswith("NOTES.txt"):
@@ -55,11 +83,12 @@ def render_docs(
 
 @functools.cache
 def _render_set(name: str) -> str:
-    return json.dumps(render_docs(load_values(name)))
+    return json.dumps(render_docs(load_values(name), api_versions=MONITORING_APIS))
 
 
 def rendered(name: str) -> list[dict[str, Any]]:
-    """Fresh copy of a value set's render (cached as JSON so tests can't mutate each other's)."""
+    """Fresh copy of a value set's render on a cluster with the Prometheus Operator's API (cached
+    as JSON so tests can't mutate each other's)."""
     return json.loads(_render_set(name))
 
 
@@ -103,6 +132,16 @@ def selects(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
         if op == "DoesNotExist" and key in labels:
             return False
     return True
+
+
+def pipeline_job(docs: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The pipeline Job (the chart also has a pre-delete hook Job that cleans up test pods)."""
+    (job,) = [
+        d
+        for d in by_kind(docs, "Job")
+        if d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "pipeline"
+    ]
+    return job
 
 
 def deployment_for(docs: list[dict[str, Any]], component: str) -> dict[str, Any]:
@@ -221,16 +260,88 @@ def test_labels_on_every_object():
             assert len(doc["metadata"]["name"]) <= 63
 
 
-def test_long_release_names_stay_within_limits():
-    rendered_docs = chart().render(
-        {}, name="a-very-long-release-name-for-this-chart-x", namespace=NAMESPACE, revision=123456
-    )
-    for path, text in rendered_docs.items():
-        if path.endswith("NOTES.txt"):
-            continue
-        for doc in yaml.safe_load_all(text):
-            if doc and isinstance(doc, dict) and "metadata" in doc:
-                assert len(doc["metadata"]["name"]) <= 63, doc["metadata"]["name"]
+DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # Service names
+DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")  # every other name here
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+# Release names Helm accepts (up to 53 characters, dots allowed), the longest first.
+LONG_RELEASES = [
+    "analytics-production-eu-west-1-blue-green",  # the one from the issue: a 64-character Service
+    "a" * 53,
+    "x" * 52 + "1",
+    "music-analytics-" + "b" * 37,  # contains the chart name: used as is
+    "1" * 53,  # starts with a digit
+    "a.b." + "c" * 49,  # dots
+    "analytics-production-eu-west-1-blue-green-canary-001",
+    "analytics-production-eu-west-1-blue-green-canary-002",  # differs only at the end
+]
+EVERYTHING_ON = {
+    "monitoring": {
+        "serviceMonitor": {"enabled": True},
+        "prometheusRule": {"enabled": True},
+        "grafanaDashboards": {"enabled": True},
+    },
+    "job": {"pushgateway": "http://pushgateway.monitoring.svc:9091"},
+    "services": {"recommendation": {"autoscaling": {"enabled": True}}},
+}
+
+
+def assert_names_fit(docs: list[dict[str, Any]]) -> None:
+    seen = set()
+    for doc in docs:
+        kind, name = doc["kind"], doc["metadata"]["name"]
+        assert len(name) <= 63, (kind, name, len(name))
+        pattern = DNS_1035 if kind == "Service" else DNS_1123_LABEL
+        assert pattern.match(name), (kind, name)
+        assert (kind, name) not in seen, (kind, name)
+        seen.add((kind, name))
+        templates = [doc["spec"]["template"]] if kind in ("Deployment", "Job") else []
+        for meta in [doc["metadata"], *(t["metadata"] for t in templates)]:
+            for key, value in meta.get("labels", {}).items():
+                assert len(value) <= 63 and LABEL_VALUE.match(value), (kind, name, key, value)
+        if kind == "Job":
+            # Kubernetes labels the Job's pods with its name (batch.kubernetes.io/job-name).
+            assert len(name) <= 63
+
+
+@pytest.mark.parametrize("release", LONG_RELEASES)
+def test_names_fit_for_any_release_name(release: str):
+    helm.validate_release_name(release)  # Helm would accept it
+    docs = render_docs(EVERYTHING_ON, name=release, revision=123456, api_versions=MONITORING_APIS)
+    assert {"Service", "Job", "ServiceMonitor", "HorizontalPodAutoscaler"} <= {d["kind"] for d in docs}
+    assert_names_fit(docs)
+    # The longest suffix of all, a headless Service of the longest service name, is there.
+    assert [d for d in by_kind(docs, "Service") if d["metadata"]["name"].endswith("-recommendation-headless")]
+    # References still point at what exists: the Job's targets and the test pods' Services.
+    job = pipeline_job(docs)
+    for component in COMPONENTS:
+        host = job_args(job)[f"--{component}"].removeprefix("dns:///").split(".")[0]
+        one(docs, "Service", host)
+
+
+def test_names_fit_with_overrides():
+    for values in ({"fullnameOverride": "f" * 40}, {"nameOverride": "n" * 40}):
+        assert_names_fit(render_docs({**EVERYTHING_ON, **values}, name="r" * 53, api_versions=MONITORING_APIS))
+
+
+def test_long_release_names_get_distinct_names():
+    """Cut names carry a hash of the full name: releases that differ only past the cut stay apart."""
+    a, b = LONG_RELEASES[-2:]
+    names_a = {(d["kind"], d["metadata"]["name"]) for d in render_docs({}, name=a)}
+    names_b = {(d["kind"], d["metadata"]["name"]) for d in render_docs({}, name=b)}
+    assert not names_a & names_b
+
+
+def test_short_names_unchanged():
+    docs = render_docs({}, name="demo")
+    assert one(docs, "Service", "demo-music-analytics-recommendation-headless")
+    assert pipeline_job(docs)["metadata"]["name"] == f"demo-music-analytics-run-{REVISION}"
+    docs = render_docs({}, name="music-analytics")
+    assert one(docs, "Deployment", "music-analytics-mapreduce")
+    # The longest name that still fits as it is (39 characters) is kept, the next one is cut.
+    kept = "k" * (39 - len("-music-analytics"))
+    assert one(render_docs({}, name=kept), "Service", f"{kept}-music-analytics-recommendation-headless")
+    cut = [d["metadata"]["name"] for d in by_kind(render_docs({}, name=kept + "k"), "Service")]
+    assert not [n for n in cut if n.startswith(kept + "k-music-analytics")]
 
 
 # ---------------------------------------------------------------- services: probes, ports, Services
@@ -324,6 +435,32 @@ def test_services_route_to_the_right_pods(name: str):
         ]
 
 
+def test_shutdown_delay_before_drain_and_covered_by_the_grace_period():
+    """After SIGTERM the service keeps serving (NOT_SERVING) while endpoint removal propagates,
+    then drains; SIGKILL (terminationGracePeriodSeconds) comes only after all of it."""
+    for values, expected in [
+        ({}, {"mapreduce": (5, 10, 20), "recommendation": (5, 10, 20), "userbehavior": (5, 10, 20)}),
+        (
+            {
+                "default": {"shutdownDelaySeconds": 8},
+                "services": {"mapreduce": {"shutdownDelaySeconds": 0, "graceSeconds": 3}},
+            },
+            {"mapreduce": (0, 10, 3), "recommendation": (8, 10, 20), "userbehavior": (8, 10, 20)},
+        ),
+    ]:
+        docs = render_docs(values)
+        for component, (delay, drain, grace) in expected.items():
+            pod = deployment_for(docs, component)["spec"]["template"]["spec"]
+            env = env_of(pod["containers"][0])
+            assert env["MUSIC_ANALYTICS_SHUTDOWN_DELAY_SECONDS"] == str(delay)
+            assert env["MUSIC_ANALYTICS_DRAIN_SECONDS"] == str(drain)
+            assert env["MUSIC_ANALYTICS_GRACE_SECONDS"] == str(grace)
+            assert pod["terminationGracePeriodSeconds"] == delay + drain + grace + 5
+    assert chart().values["default"]["shutdownDelaySeconds"] == 5
+    with pytest.raises(helm.HelmError):
+        chart().validate_schema({"default": {"shutdownDelaySeconds": -1}})
+
+
 # ---------------------------------------------------------------- the Job
 
 
@@ -344,7 +481,7 @@ def job_args(job: dict[str, Any]) -> dict[str, str | bool]:
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
 def test_job_addresses_match_the_services(name: str):
     docs = rendered(name)
-    (job,) = by_kind(docs, "Job")
+    job = pipeline_job(docs)
     args = job_args(job)
     for component in COMPONENTS:
         target = args[f"--{component}"]
@@ -366,7 +503,7 @@ def test_job_addresses_match_the_services(name: str):
 def test_job_files_live_on_mounted_volumes(name: str):
     docs = rendered(name)
     values = load_values(name)
-    (job,) = by_kind(docs, "Job")
+    job = pipeline_job(docs)
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
@@ -407,7 +544,7 @@ def test_bundled_data_is_a_copy_of_the_repository_data():
 
 def test_job_reruns_on_every_revision():
     first, second = render_docs({}, revision=4), render_docs({}, revision=5)
-    (job4,), (job5,) = by_kind(first, "Job"), by_kind(second, "Job")
+    job4, job5 = pipeline_job(first), pipeline_job(second)
     assert job4["metadata"]["name"] != job5["metadata"]["name"]
     spec = job4["spec"]
     assert spec["backoffLimit"] >= 0 and spec["activeDeadlineSeconds"] > 0 and spec["ttlSecondsAfterFinished"] >= 0
@@ -415,12 +552,48 @@ def test_job_reruns_on_every_revision():
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_job_fails_at_once_when_retrying_cannot_help(name: str):
+    """Exit 2 (bad input), 3 (bad row, --strict) and 4 (results not stored) fail the Job without
+    retries; anything else (1: a service unreachable; a crash) is retried up to backoffLimit."""
+    job = pipeline_job(rendered(name))
+    spec = job["spec"]
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"  # podFailurePolicy needs it
+    rules = spec["podFailurePolicy"]["rules"]
+    fail = [r for r in rules if r["action"] == "FailJob"]
+    assert fail == [
+        {"action": "FailJob", "onExitCodes": {"containerName": "pipeline", "operator": "In", "values": [2, 3, 4]}}
+    ]
+    assert {c["name"] for c in spec["template"]["spec"]["containers"]} == {"pipeline"}
+    # No rule counts exit code 1 out of the retries, or fails on it.
+    assert not [r for r in rules if "onExitCodes" in r and 1 in r["onExitCodes"]["values"]]
+    assert spec["backoffLimit"] >= 1
+    if "--results-configmap" not in job_args(job):
+        assert load_values(name)["job"]["results"]["configMap"] is False
+
+
+@pytest.mark.parametrize(("size", "expected"), [(None, "256Mi"), ("2Gi", "2Gi")])
+def test_results_volume_sized_from_values(size: str | None, expected: str):
+    values = {} if size is None else {"job": {"resultsVolume": {"sizeLimit": size}}}
+    job = pipeline_job(render_docs(values))
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    out = job_args(job)["--out"]
+    mount = next(m for m in container["volumeMounts"] if out.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["emptyDir"]["sizeLimit"] == expected
+    with pytest.raises(helm.HelmError):
+        chart().validate_schema({"job": {"resultsVolume": {"sizeLimit": "lots"}}})
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
 def test_results_configmap_least_privilege(name: str):
     docs = rendered(name)
-    (job,) = by_kind(docs, "Job")
+    job = pipeline_job(docs)
     pod = job["spec"]["template"]["spec"]
     args = job_args(job)
-    roles, bindings = by_kind(docs, "Role"), by_kind(docs, "RoleBinding")
+    pipeline = {"app.kubernetes.io/component": "pipeline"}
+    roles = [r for r in by_kind(docs, "Role") if selects({"matchLabels": pipeline}, r["metadata"]["labels"])]
+    bindings = [b for b in by_kind(docs, "RoleBinding") if selects({"matchLabels": pipeline}, b["metadata"]["labels"])]
     assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
     if "--results-configmap" not in args:
         assert not roles and not bindings and pod["automountServiceAccountToken"] is False
@@ -597,29 +770,49 @@ def test_network_policies_allow_exactly_the_used_paths(name: str):
     dns = ({"k8s-app": "kube-dns"}, KUBE_SYSTEM_NS)
     for owner, _spec, labels in pods:
         can_resolve = allowed(policies, (labels, OWN_NS), dns, 53, {}, "UDP")
-        assert can_resolve == (not owner.startswith("Deployment/")), owner
+        assert can_resolve == (labels["app.kubernetes.io/component"] in ("pipeline", "test")), owner
+
+
+def ip_egress(docs: list[dict[str, Any]], labels: dict[str, str]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(ipBlock, rule) for every address-based egress peer that applies to pods with these labels."""
+    return [
+        (peer["ipBlock"], rule)
+        for p in by_kind(docs, "NetworkPolicy")
+        if selects(p["spec"]["podSelector"], labels)
+        for rule in p["spec"].get("egress", [])
+        for peer in rule["to"]
+        if "ipBlock" in peer
+    ]
+
+
+def reaches_address(docs: list[dict[str, Any]], labels: dict[str, str], address: str, port: int) -> bool:
+    for block, rule in ip_egress(docs, labels):
+        net = ipaddress.ip_network(block["cidr"])
+        ip = ipaddress.ip_address(address)
+        if ip.version != net.version or ip not in net:
+            continue
+        if any(ip in ipaddress.ip_network(e) for e in block.get("except", [])):
+            continue
+        if _port_matches(rule.get("ports"), port, {}, "TCP"):
+            return True
+    return False
 
 
 @pytest.mark.parametrize("name", [n for n in sorted(VALUE_SETS) if n != "no-networkpolicy"])
 def test_job_egress_to_outside_only_when_used(name: str):
     docs = rendered(name)
     values = load_values(name)
-    (job,) = by_kind(docs, "Job")
+    job = pipeline_job(docs)
     args = job_args(job)
     labels = job["spec"]["template"]["metadata"]["labels"]
-    ip_ports = set()
-    for p in by_kind(docs, "NetworkPolicy"):
-        if selects(p["spec"]["podSelector"], labels):
-            for rule in p["spec"].get("egress", []):
-                if any("ipBlock" in peer for peer in rule["to"]):
-                    ip_ports |= {port["port"] for port in rule["ports"]}
+    ip_ports = {port["port"] for _block, rule in ip_egress(docs, labels) for port in rule["ports"]}
     needs_api = "--results-configmap" in args
-    needs_external = "--pushgateway" in args or values.get("job", {}).get("data", {}).get("source") == "url"
+    needs_external = values.get("job", {}).get("data", {}).get("source") == "url"
     expected = set()
     if needs_api:
         expected |= set(values.get("networkPolicy", {}).get("kubernetesApi", {}).get("ports", [443, 6443]))
     if needs_external:
-        expected |= set(values.get("networkPolicy", {}).get("external", {}).get("ports", [80, 443, 9091]))
+        expected |= set(values.get("networkPolicy", {}).get("external", {}).get("ports", [80, 443]))
     assert ip_ports == expected
     # Services never get egress to addresses.
     for dep in by_kind(docs, "Deployment"):
@@ -627,6 +820,56 @@ def test_job_egress_to_outside_only_when_used(name: str):
         for p in by_kind(docs, "NetworkPolicy"):
             if selects(p["spec"]["podSelector"], dep_labels):
                 assert not p["spec"].get("egress"), dep["metadata"]["name"]
+
+
+# Where an API server can be, as the Job's pod sees it after Service translation: kind's
+# control-plane node on Docker's default network, on a Docker network that fell back to 192.168,
+# on podman's network, an IPv6 kind network; and a managed API endpoint on 443.
+API_SERVER_ADDRESSES = [
+    ("172.18.0.2", 6443),
+    ("192.168.49.2", 6443),
+    ("10.89.0.2", 6443),
+    ("fc00:f853:ccd:e793::2", 6443),
+    ("10.96.0.1", 443),
+    ("34.118.224.1", 443),
+]
+
+
+@pytest.mark.parametrize("name", ["default", "kind", "monitoring"])
+def test_job_reaches_the_api_server_whatever_the_node_network(name: str):
+    docs = rendered(name)
+    job = pipeline_job(docs)
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert "--results-configmap" in job_args(job)
+    for address, port in API_SERVER_ADDRESSES:
+        assert reaches_address(docs, labels, address, port), (address, port)
+    # Only the API ports, not everything: e.g. no plain HTTP, no databases.
+    assert not reaches_address(docs, labels, "192.168.49.2", 80)
+    assert not reaches_address(docs, labels, "10.89.0.2", 5432)
+    # The services get no address-based egress at all.
+    for dep in by_kind(docs, "Deployment"):
+        assert not reaches_address(docs, dep["spec"]["template"]["metadata"]["labels"], "10.89.0.2", 6443)
+
+
+@pytest.mark.parametrize("name", ["kind", "monitoring"])
+def test_job_reaches_the_pushgateway_by_labels(name: str):
+    docs = rendered(name)
+    job = pipeline_job(docs)
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert "--pushgateway" in job_args(job)
+    policies = by_kind(docs, "NetworkPolicy")
+    # The prometheus-community pushgateway chart's pods, in namespace monitoring.
+    pushgateway = (
+        {"app.kubernetes.io/name": "prometheus-pushgateway", "app.kubernetes.io/instance": "prometheus-pushgateway"},
+        MONITORING_NS,
+    )
+    assert allowed(policies, (labels, OWN_NS), pushgateway, 9091, {})
+    assert not allowed(policies, (labels, OWN_NS), pushgateway, 9090, {})
+    # Another pod of the monitoring namespace, or a pushgateway-named pod elsewhere: no.
+    assert not allowed(policies, (labels, OWN_NS), ({"app.kubernetes.io/name": "grafana"}, MONITORING_NS), 9091, {})
+    assert not allowed(policies, (labels, OWN_NS), (pushgateway[0], {"kubernetes.io/metadata.name": "x"}), 9091, {})
+    # And not through an address range (that depends on how the CNI sees pod traffic).
+    assert 9091 not in {p["port"] for _b, rule in ip_egress(docs, labels) for p in rule["ports"]}
 
 
 def test_no_network_policies_when_disabled():
@@ -637,14 +880,20 @@ def test_no_network_policies_when_disabled():
 # ---------------------------------------------------------------- helm test pods
 
 
+def hooks(docs: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
+    return [d for d in docs if event in d["metadata"].get("annotations", {}).get("helm.sh/hook", "").split(",")]
+
+
 @pytest.mark.parametrize("name", [n for n in sorted(VALUE_SETS) if n != "no-networkpolicy"])
 def test_helm_test_pods_check_each_service(name: str):
     docs = rendered(name)
-    tests = [d for d in by_kind(docs, "Pod") if d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
+    tests = hooks(docs, "test")
     checked = {}
     for pod in tests:
         (c,) = pod["spec"]["containers"]
-        assert c["command"] == ["python", "/scripts/grpc-check.py"]
+        # The check script travels inline: no second test hook (a ConfigMap) to carry it.
+        assert c["command"] == ["python", "-c", (CHART / "files" / "grpc-check.py").read_text()]
+        assert not [v for v in pod["spec"].get("volumes", []) if "configMap" in v]
         target, health_name = c["args"]
         host, port = target.rsplit(":", 1)
         svc = one(docs, "Service", host.split(".")[0])
@@ -653,11 +902,67 @@ def test_helm_test_pods_check_each_service(name: str):
         assert int(port) == SERVICES[component].grpc_port
         checked[component] = health_name
     assert checked == {n: s.full_name for n, s in SERVICES.items()}
-    volumes = {v["name"]: v for pod in tests for v in pod["spec"]["volumes"] if "configMap" in v}
-    (script_name,) = {v["configMap"]["name"] for v in volumes.values()}
-    script = one(docs, "ConfigMap", script_name)
-    assert script["metadata"]["annotations"]["helm.sh/hook"] == "test"
-    assert script["data"]["grpc-check.py"] == (CHART / "files" / "grpc-check.py").read_text()
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_only_pods_are_test_hooks_and_kept_for_logs(name: str):
+    """`helm test --logs` asks for a pod's log under every test hook's name, after Helm has applied
+    hook-succeeded: every test hook must be a Pod, and it must still be there."""
+    for hook in hooks(rendered(name), "test"):
+        assert hook["kind"] == "Pod", (hook["kind"], hook["metadata"]["name"])
+        assert hook["metadata"]["annotations"]["helm.sh/hook-delete-policy"] == "before-hook-creation"
+        assert hook["spec"]["restartPolicy"] == "Never"
+        assert 0 < hook["spec"]["activeDeadlineSeconds"] <= 600
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(VALUE_SETS) if n != "no-networkpolicy"])
+def test_uninstall_deletes_the_test_pods(name: str):
+    """Helm leaves hook resources behind on uninstall; a pre-delete hook Job deletes the test pods,
+    with a Role that allows exactly that, and nothing of it stays behind."""
+    docs = rendered(name)
+    test_pods = sorted(p["metadata"]["name"] for p in hooks(docs, "test"))
+    assert test_pods
+    (cleanup,) = hooks(docs, "pre-delete")
+    assert not [
+        d
+        for d in docs
+        if d["metadata"].get("annotations", {}).get("helm.sh/hook") and d is not cleanup and d["kind"] != "Pod"
+    ]
+    assert cleanup["kind"] == "Job"
+    policy = set(cleanup["metadata"]["annotations"]["helm.sh/hook-delete-policy"].split(","))
+    assert policy == {"before-hook-creation", "hook-succeeded"}  # the Job goes once it has run
+    pod = cleanup["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["command"] == ["python", "-c", (CHART / "files" / "delete-test-pods.py").read_text()]
+    assert c["args"] == [NAMESPACE, *test_pods]
+    assert_restricted("cleanup", pod)
+    # Its RBAC is part of the release (deleted by the uninstall, after the hook ran).
+    sa = one(docs, "ServiceAccount", pod["serviceAccountName"])
+    assert "helm.sh/hook" not in sa["metadata"].get("annotations", {})
+    (binding,) = [
+        b
+        for b in by_kind(docs, "RoleBinding")
+        if {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": NAMESPACE} in b["subjects"]
+    ]
+    role = one(docs, "Role", binding["roleRef"]["name"])
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "resourceNames": test_pods, "verbs": ["delete"]}
+    ]
+    # It may reach the API server and nothing else (no DNS either: it uses KUBERNETES_SERVICE_HOST).
+    labels = cleanup["spec"]["template"]["metadata"]["labels"]
+    policies = by_kind(docs, "NetworkPolicy")
+    assert reaches_address(docs, labels, "10.89.0.2", 6443)
+    assert not allowed(policies, (labels, OWN_NS), ({"k8s-app": "kube-dns"}, KUBE_SYSTEM_NS), 53, {}, "UDP")
+    for component in COMPONENTS:
+        dep_labels = deployment_for(docs, component)["spec"]["template"]["metadata"]["labels"]
+        assert not allowed(policies, (labels, OWN_NS), (dep_labels, OWN_NS), SERVICES[component].grpc_port, {})
+
+
+def test_no_cleanup_hook_without_tests():
+    docs = render_docs({"tests": {"enabled": False}})
+    assert not hooks(docs, "pre-delete") and not hooks(docs, "test")
+    docs = render_docs({"tests": {"cleanupOnUninstall": False}})
+    assert not hooks(docs, "pre-delete") and len(hooks(docs, "test")) == 3
 
 
 # ---------------------------------------------------------------- monitoring objects (CRDs: checked by hand)
@@ -694,6 +999,43 @@ def test_monitoring_objects():
     contents = {key: json.loads(value) for c in cms for key, value in c["data"].items()}
     assert contents == {p.name: json.loads(p.read_text()) for p in dashboards}
     assert all(c["metadata"]["annotations"]["grafana_folder"] == "music-analytics" for c in cms)
+
+
+MONITORING_ON = {"monitoring": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}}
+
+
+@pytest.mark.parametrize(
+    ("which", "kind", "crd"),
+    [
+        ("serviceMonitor", "ServiceMonitor", "servicemonitors.monitoring.coreos.com"),
+        ("prometheusRule", "PrometheusRule", "prometheusrules.monitoring.coreos.com"),
+    ],
+)
+def test_monitoring_objects_need_the_operator_api(which: str, kind: str, crd: str):
+    values = {"monitoring": {which: {"enabled": True}}}
+    # Cluster with the Prometheus Operator: rendered.
+    assert len(by_kind(render_docs(values, api_versions=MONITORING_APIS), kind)) == 1
+    # Without it (e.g. a bare kind cluster): a clear failure instead of "resource mapping not found".
+    with pytest.raises(helm.HelmError) as failure:
+        render_docs(values)
+    message = str(failure.value)
+    assert crd in message and "kube-prometheus-stack" in message and "prometheus-operator-crds" in message
+    assert "monitoring.requireCRDs=false" in message
+    # Only one of the two APIs served: only the other object is affected.
+    other = next(a for a in MONITORING_APIS if a.count("/") == 2 and not a.endswith(kind))
+    with pytest.raises(helm.HelmError, match=crd):
+        render_docs(values, api_versions=("monitoring.coreos.com/v1", other))
+    # requireCRDs=false: skipped silently, the rest of the release renders.
+    docs = render_docs({"monitoring": {"requireCRDs": False, which: {"enabled": True}}})
+    assert not by_kind(docs, kind) and by_kind(docs, "Deployment")
+
+
+def test_kind_values_deploy_with_and_without_the_operator():
+    values = load_values("kind")
+    assert len(by_kind(render_docs(values, api_versions=MONITORING_APIS), "ServiceMonitor")) == 1
+    docs = render_docs(values)  # a bare kind cluster
+    assert not {d["kind"] for d in docs} & CRD_KINDS
+    assert [c for c in by_kind(docs, "ConfigMap") if "grafana_dashboard" in c["metadata"]["labels"]]
 
 
 def test_monitoring_off_by_default():

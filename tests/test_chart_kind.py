@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.test_chart import by_kind, chart, load_values, render_docs
+from tests.test_chart import MONITORING_APIS, by_kind, chart, load_values, render_docs
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
@@ -27,7 +27,7 @@ def test_kind_cluster_config():
 def test_monitoring_stack_selects_our_objects():
     kps = yaml.safe_load((K8S / "kube-prometheus-stack-values.yaml").read_text())
     release = kps["fullnameOverride"]
-    docs = render_docs(load_values("kind"))
+    docs = render_docs(load_values("kind"), api_versions=MONITORING_APIS)  # make kind-up installs the operator
     # The operator's default selectors want release=<its release name> on ServiceMonitor/PrometheusRule.
     for kind in ("ServiceMonitor", "PrometheusRule"):
         (obj,) = by_kind(docs, kind)

@@ -28,7 +28,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.test_chart import by_kind, job_args, one, render_docs
+from tests.test_chart import by_kind, job_args, one, pipeline_job, render_docs
 from tests.test_k8s_results import FakeKubeApi
 
 NAMESPACE = "analytics"
@@ -215,7 +215,7 @@ def test_helm_test_commands_pass(deployed):
 
 def test_job_command_completes_the_pipeline(deployed):
     docs, workloads, root = deployed
-    (job,) = by_kind(docs, "Job")
+    job = pipeline_job(docs)
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     mounts = mount_volumes(pod, container, docs, root / "job")
@@ -228,7 +228,7 @@ def test_job_command_completes_the_pipeline(deployed):
         args.append(map_paths(arg, mounts))
 
     results_name = parsed["--results-configmap"]
-    (role,) = by_kind(docs, "Role")
+    (role,) = [r for r in by_kind(docs, "Role") if r["metadata"]["labels"]["app.kubernetes.io/component"] == "pipeline"]
     # The stand-in API server grants exactly what the chart's Role grants (no create).
     with FakeKubeApi(allowed_names=set(role["rules"][0]["resourceNames"]), allow_create=False) as api:
         api.precreate(NAMESPACE, results_name)

@@ -5,19 +5,41 @@
 {{- end }}
 
 {{/*
-Resource-name prefix. Truncated to 40 so "<fullname>-recommendation-headless" and the
-per-revision Job name stay within Kubernetes' 63-character limit.
+Resource-name prefix, at most 39 characters, so that the longest name built from it,
+"<fullname>-recommendation-headless" (a Service: a DNS-1035 label, at most 63 characters), fits
+for every release name Helm accepts (up to 53 characters, dots allowed). Dots become dashes and a
+leading digit gets an "r" so the prefix starts a valid DNS-1035 label. Names that fit are kept
+as they are; a longer one is cut to 30 characters plus "-" and the first 8 hex digits of its
+sha256, so two long release names that share a prefix never share object names.
 */}}
 {{- define "music-analytics.fullname" -}}
+{{- $full := "" }}
 {{- if .Values.fullnameOverride }}
-{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- $full = .Values.fullnameOverride }}
 {{- else }}
 {{- $name := default .Chart.Name .Values.nameOverride }}
 {{- if contains $name .Release.Name }}
-{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- $full = .Release.Name }}
 {{- else }}
-{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- $full = printf "%s-%s" .Release.Name $name }}
 {{- end }}
+{{- end }}
+{{- $full = $full | replace "." "-" }}
+{{- if regexMatch "^[0-9]" $full }}
+{{- $full = printf "r%s" $full }}
+{{- end }}
+{{- include "music-analytics.fit" (dict "name" $full "max" 39) }}
+{{- end }}
+
+{{/*
+(dict "name" N "max" M): N unchanged if it has at most M characters, otherwise its first
+M-9 characters (no trailing "-") + "-" + the first 8 hex digits of sha256(N).
+*/}}
+{{- define "music-analytics.fit" -}}
+{{- if le (len .name) (int .max) }}
+{{- .name }}
+{{- else }}
+{{- printf "%s-%s" (.name | trunc (int (sub .max 9)) | trimSuffix "-") (sha256sum .name | trunc 8) }}
 {{- end }}
 {{- end }}
 
@@ -27,8 +49,8 @@ per-revision Job name stay within Kubernetes' 63-character limit.
 
 {{/* Selector labels: stable for the life of a release (never include the version here). */}}
 {{- define "music-analytics.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "music-analytics.name" .root }}
-app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/name: {{ include "music-analytics.name" .root | quote }}
+app.kubernetes.io/instance: {{ .root.Release.Name | quote }}
 app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
@@ -81,7 +103,7 @@ Call with (dict "root" $ "name" "mapreduce"); returns YAML, read it back with fr
 {{- end }}
 
 {{- define "music-analytics.jobName" -}}
-{{- printf "%s-run-%d" (include "music-analytics.fullname" .) (int .Release.Revision) }}
+{{- include "music-analytics.fit" (dict "name" (printf "%s-run-%d" (include "music-analytics.fullname" .) (int .Release.Revision)) "max" 63) }}
 {{- end }}
 
 {{/*
