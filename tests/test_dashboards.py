@@ -157,3 +157,66 @@ def test_every_query_parses_with_promtool(tmp_path: Path) -> None:
     checked = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert f"SUCCESS: {len(rules)} rules found" in checked.stdout
+
+
+GRPC_SERVER_METRICS = re.compile(r"\bgrpc_server_\w+")
+
+
+def test_application_traffic_panels_ignore_health_checks(tmp_path: Path) -> None:
+    """Kubelet probes call grpc.health.v1.Health every few seconds. Evaluated by Prometheus' own
+    engine (`promtool test rules`): with only health-check traffic, every gRPC traffic query is
+    empty; with application calls as well, they see those."""
+    promtool = require_binary("promtool")
+    queries = [
+        expr.replace("$__rate_interval", "1m").replace("$__range", "1h").replace("$service", "mapreduce")
+        for name in sorted(EXPECTED)
+        for expr in exprs(load(name))
+        if GRPC_SERVER_METRICS.search(expr)
+    ]
+    assert len(queries) >= 10
+
+    def series(service: str, method: str) -> list[dict[str, str]]:
+        labels = f'grpc_service="{service}",grpc_method="{method}",grpc_type="unary",job="ma",instance="p:9051"'
+        out = [
+            {"series": f"grpc_server_{m}{{{labels}}}", "values": "0+10x20"}
+            for m in ("started_total", "msg_received_total", "msg_sent_total")
+        ]
+        out.append({"series": f'grpc_server_handled_total{{{labels},grpc_code="OK"}}', "values": "0+10x20"})
+        out.append({"series": f'grpc_server_handled_total{{{labels},grpc_code="Unavailable"}}', "values": "0+1x20"})
+        for le in ("0.1", "+Inf"):
+            out.append({"series": f'grpc_server_handling_seconds_bucket{{{labels},le="{le}"}}', "values": "0+10x20"})
+        return out
+
+    inflight = {
+        "series": 'music_analytics_inflight_streams{service="mapreduce",job="ma",instance="p:9051"}',
+        "values": "0x20",
+    }
+    health_only = [*series("grpc.health.v1.Health", "Check"), inflight]
+    with_app = [*health_only, *series("music.v1.MapReduceService", "StreamEvents")]
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": health_only,
+            "promql_expr_test": [{"expr": q, "eval_time": "15m", "exp_samples": []} for q in queries],
+        }
+    ]
+    (tmp_path / "empty-rules.yaml").write_text("groups: []\n")
+    (tmp_path / "health.yaml").write_text(yaml.safe_dump({"rule_files": ["empty-rules.yaml"], "tests": tests}))
+    checked = subprocess.run(
+        [promtool, "test", "rules", "health.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert checked.returncode == 0, checked.stdout[-4000:] + checked.stderr[-4000:]
+    # The same queries see application calls: expecting "empty" must now fail for each of them.
+    for q in queries:
+        tests = [
+            {
+                "interval": "1m",
+                "input_series": with_app,
+                "promql_expr_test": [{"expr": q, "eval_time": "15m", "exp_samples": []}],
+            }
+        ]
+        (tmp_path / "app.yaml").write_text(yaml.safe_dump({"rule_files": ["empty-rules.yaml"], "tests": tests}))
+        checked = subprocess.run(
+            [promtool, "test", "rules", "app.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
+        assert checked.returncode != 0, f"sees no application traffic: {q}"
