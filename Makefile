@@ -1,42 +1,62 @@
 # One entry point for people and CI. Everything runs from the project virtualenv in .venv.
+# `make help` lists every target: each rule carries a `## what it does` comment, which is the help text.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test lint proto venv bench clean
+# An install builds the project, and the build generates the gRPC code: so a change to any of
+# these re-installs. The stamps live in the venv, so deleting the venv resets them.
+INSTALL_INPUTS := pyproject.toml setup.py proto/generate.py $(wildcard proto/music/v1/*.proto)
+RUNTIME_STAMP := $(VENV)/.runtime-installed
+TEST_STAMP := $(VENV)/.test-installed
 
-# Create the virtualenv and install the project with its test tools (idempotent).
-$(BIN)/music-analytics: pyproject.toml setup.py $(wildcard proto/music/v1/*.proto)
+.DEFAULT_GOAL := help
+.PHONY: help demo test lint proto venv test-venv bench clean
+
+help: ## list the targets with what they do
+	@awk 'BEGIN { FS = ":[^#]*## " } /^[A-Za-z0-9_.-]+:[^#]*## / { printf "  %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+
+# The runtime only: what the services and the pipeline need, no test tools (make demo).
+$(RUNTIME_STAMP): $(INSTALL_INPUTS) | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
 	touch $@
 
-venv: $(BIN)/music-analytics
+# The runtime plus the test tools (make test). One install, then both stamps are current.
+$(TEST_STAMP): $(INSTALL_INPUTS) | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(RUNTIME_STAMP) $@
 
-# Run the whole pipeline on the bundled data: three services as processes, then the client.
-demo: venv
+venv: $(RUNTIME_STAMP) ## create .venv with the project installed (runtime only; idempotent)
+
+test-venv: $(TEST_STAMP) ## create .venv with the project and its test tools (idempotent)
+
+demo: $(RUNTIME_STAMP) ## run the whole pipeline on data/stream_data.csv: three services as processes, then the client
 	$(BIN)/music-analytics demo --data data/stream_data.csv
 
-# Regenerate the gRPC code from proto/ (also done by every install).
-proto: venv
-	$(BIN)/python proto/generate.py
+# Also done by every install (setup.py); this re-runs it after editing proto/ without a version bump.
+proto: $(RUNTIME_STAMP) ## regenerate the gRPC code from proto/ into proto/gen
+	$(BIN)/pip install --quiet --no-deps -e .
 
-lint: venv
+lint: $(TEST_STAMP) ## ruff check and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check services client tests proto/generate.py bench
 
-test: venv
+test: $(TEST_STAMP) ## ruff and the whole test suite
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -ra
 
-# Pipeline against DuckDB at 1M and 10M events (generated and cached in bench/data/): see README.
-bench: venv
+bench: $(TEST_STAMP) ## pipeline against DuckDB at 1M and 10M events (data generated and cached in bench/data/)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-clean:
+clean: ## remove .venv, generated code and build output
 	rm -rf $(VENV) proto/gen build *.egg-info .pytest_cache
 
-# Kubernetes targets for users with Docker and kind (k8s/kind.mk).
+# Kubernetes targets for users with Docker (or podman) and kind (k8s/kind.mk), and for a real
+# cluster (k8s/cluster/cluster.mk, optional: included when present).
 -include k8s/kind.mk
+-include k8s/cluster/cluster.mk
