@@ -496,7 +496,22 @@ def test_job_addresses_match_the_services(name: str):
         assert selects({"matchLabels": service["spec"]["selector"]}, labels)
         assert int(port) == next(p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc")
         assert int(port) == SERVICES[component].grpc_port
+        # The Job waits for as many replicas as the Deployment runs (the headless name lists
+        # only Ready pods, so it could otherwise start with fewer shards than pods).
+        expected = dict(item.split("=") for item in args["--expect-replicas"].split(","))
+        deployment = deployment_for(docs, component)
+        hpas = [h for h in by_kind(docs, "HorizontalPodAutoscaler")
+                if h["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]]  # fmt: skip
+        runs = hpas[0]["spec"]["minReplicas"] if hpas else deployment["spec"]["replicas"]
+        assert int(expected[component]) == runs, (component, expected)
     assert float(args["--wait-ready"]) >= 60
+
+
+def test_job_expects_the_autoscaler_minimum_when_autoscaling():
+    docs = render_docs({"default": {"autoscaling": {"enabled": True, "minReplicas": 3}},
+                        "services": {"recommendation": {"autoscaling": {"minReplicas": 2}}}})  # fmt: skip
+    args = job_args(pipeline_job(docs))
+    assert args["--expect-replicas"] == "mapreduce=3,userbehavior=3,recommendation=2"
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
