@@ -1,25 +1,59 @@
 # syntax=docker/dockerfile:1
 # One image for the three services, the pipeline Job and the helm test pods.
 #
-# The build is offline: wheels are built/downloaded on the host first (make image, see
-# k8s/kind.mk), so the build needs no package index and installs exactly the pinned versions in
-# k8s/image-requirements.txt. BASE_IMAGE must provide CPython 3.11 with the venv module, e.g.
-# the official slim image (pin it by digest in production) or a Debian bookworm base with
-# python3 + python3-venv (the podman test builds one with debootstrap).
-ARG BASE_IMAGE=docker.io/library/python:3.11.14-slim-bookworm
+# The project is built from the sources in the build context (pyproject.toml, setup.py,
+# proto/, services/, client/), so what skaffold watches is exactly what goes in, and the gRPC
+# code is generated here by the pinned grpcio-tools. Third-party packages are exactly the pins of
+# k8s/image-requirements.txt (runtime) and k8s/build-requirements.txt (code generator), always as
+# wheels (nothing compiled in the build), for the build's platform: linux/amd64 or linux/arm64.
+#
+# By default pip fetches them from PyPI: `docker build .` just works. Without a package index,
+# download them on the host first and hand them over as the named build context `wheels`
+# (docker buildx and podman >= 4.3 both support --build-context):
+#   k8s/build-wheelhouse.sh --platform linux/amd64 build/wheelhouse
+#   docker build --build-context wheels=build/wheelhouse --build-arg PIP_NO_INDEX=1 .
+# (k8s/build-image.sh does that with podman.) BASE_IMAGE must provide CPython 3.11 with the venv
+# module: the official slim image (pin it by digest in production) or a Debian bookworm base
+# with python3 + python3-venv (k8s/build-image.sh makes one with debootstrap).
+# Python 3.11.18 is the latest 3.11 release (security fixes only since 3.11.9).
+ARG BASE_IMAGE=docker.io/library/python:3.11.18-slim-bookworm
+
+# Empty unless replaced by `--build-context wheels=DIR`: a named context overrides this stage.
+FROM scratch AS wheels
 
 FROM ${BASE_IMAGE} AS build
-ARG WHEELS_DIR=build/wheels
-COPY ${WHEELS_DIR}/ /wheels/
-COPY k8s/image-requirements.txt /wheels/requirements.txt
-# --no-index: only the wheels copied above; the requirements pin every transitive version.
-# pip itself is removed afterwards: not needed at run time, fewer files, less attack surface.
+# PIP_NO_INDEX=1: the wheelhouse only (an offline build); by default PyPI, with the (then empty)
+# wheelhouse searched as well.
+ARG PIP_NO_INDEX=0
+ENV PIP_NO_INDEX=${PIP_NO_INDEX} \
+    PIP_FIND_LINKS=/wheels \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY --from=wheels / /wheels/
+# The code generator and the build backend, in a venv of their own: they stay out of the image.
+COPY k8s/build-requirements.txt /src/k8s/
+RUN python3 -m venv /opt/build \
+ && /opt/build/bin/pip install --only-binary=:all: --requirement /src/k8s/build-requirements.txt
+# The runtime's third-party packages, before the sources: editing code doesn't redo this layer.
+COPY k8s/image-requirements.txt /src/k8s/
 RUN python3 -m venv /opt/music-analytics \
- && /opt/music-analytics/bin/python -m pip install --no-cache-dir --no-index --find-links /wheels \
-      --requirement /wheels/requirements.txt \
- && /opt/music-analytics/bin/python -m pip install --no-cache-dir --no-index --no-deps /wheels/music_analytics-*.whl \
- && /opt/music-analytics/bin/python -m pip check \
- && /opt/music-analytics/bin/python -m pip uninstall --yes pip \
+ && /opt/music-analytics/bin/pip install --only-binary=:all: --requirement /src/k8s/image-requirements.txt
+# The project. Building its wheel runs setup.py, which generates proto/gen with the pinned
+# grpcio-tools; importing every generated module under the pinned grpcio and protobuf proves the
+# generator and the runtime agree (a _pb2_grpc module refuses a grpcio older than its generator).
+# pip itself is removed afterwards: not needed at run time, fewer files, less attack surface.
+COPY pyproject.toml setup.py README.md /src/
+COPY proto/ /src/proto/
+COPY services/ /src/services/
+COPY client/ /src/client/
+RUN /opt/build/bin/pip wheel --no-build-isolation --no-deps --wheel-dir /dist /src \
+ && /opt/music-analytics/bin/pip install --no-index --no-deps /dist/music_analytics-*.whl \
+ && /opt/music-analytics/bin/pip check \
+ && /opt/music-analytics/bin/python -c "import importlib, pkgutil, music_analytics.api as api; \
+names = [m.name for m in pkgutil.iter_modules(api.__path__)]; \
+assert any(n.endswith('_pb2_grpc') for n in names), names; \
+[importlib.import_module('music_analytics.api.' + n) for n in names]; print('generated modules import:', *names)" \
+ && /opt/music-analytics/bin/pip uninstall --yes pip \
  && /opt/music-analytics/bin/music-analytics --help >/dev/null
 
 FROM ${BASE_IMAGE}

@@ -1,8 +1,11 @@
 """The Dockerfile builds a working image: real podman build and run, health checked with grpcurl.
 
-No registry is reachable, so the base image (Debian bookworm + python3 + venv) is made with
-debootstrap once and kept in podman's image store (and a rootfs tarball under CACHE_DIR), so
-later runs skip it. Wheels are built on the host by k8s/build-wheels.sh, as `make image` does.
+Built by k8s/build-image.sh, the way anyone without a package index or registry builds it: the
+project from the sources of this checkout (the context, filtered by .dockerignore), the pinned
+third-party wheels downloaded on the host (k8s/build-wheelhouse.sh) and handed to the build as the
+`wheels` build context, the gRPC code generated in the build and every generated module imported
+there. The base image (Debian bookworm + python3 + venv) is made with debootstrap once and kept in
+podman's image store and a tarball under CACHE_DIR; the wheels are kept too, so later runs skip both.
 The container runs the way the chart runs it: read-only root filesystem, a writable /tmp only,
 all capabilities dropped, no privilege escalation, the image's own non-root user.
 
@@ -18,7 +21,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tarfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -28,7 +30,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = Path(os.environ.get("MUSIC_ANALYTICS_PODMAN_CACHE", "/var/tmp/music-analytics-podman"))
-BASE_IMAGE = "localhost/music-analytics-base:bookworm"
+BASE_IMAGE = "localhost/music-analytics-base:bookworm-amd64"  # what k8s/build-image.sh makes on amd64
 # Unique per run: concurrent runs on one machine must not retag or delete each other's image.
 IMAGE = f"localhost/music-analytics:test-{os.getpid()}"
 VENV_BIN = Path(sys.executable).parent
@@ -63,40 +65,6 @@ def podman(*args: str, check: bool = True, timeout: float = 300) -> subprocess.C
     return result
 
 
-def debian_mirror() -> str:
-    """The Debian mirror apt already uses here (never hard-coded)."""
-    sources = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
-    for path in sources:
-        if not path.is_file():
-            continue
-        text = path.read_text()
-        for match in re.finditer(r"^URIs:\s*(\S+)|^deb\s+(?:\[[^\]]*\]\s+)?(\S+)", text, re.MULTILINE):
-            uri = match.group(1) or match.group(2)
-            if "security" not in uri and "/debian" in uri:
-                return uri
-    pytest.fail("no Debian mirror found in /etc/apt sources")
-
-
-def ensure_base_image() -> None:
-    if podman("image", "exists", BASE_IMAGE, check=False).returncode == 0:
-        return
-    tarball = CACHE_DIR / "debian-python-bookworm.tar"
-    if not tarball.is_file():
-        rootfs = CACHE_DIR / "rootfs"
-        shutil.rmtree(rootfs, ignore_errors=True)
-        subprocess.run(
-            [need("debootstrap"), "--variant=minbase", "--include=python3,python3-venv", "bookworm",
-             str(rootfs), debian_mirror()],
-            check=True, capture_output=True, timeout=600,
-        )  # fmt: skip
-        partial = tarball.with_suffix(".partial")
-        with tarfile.open(partial, "w") as tar:
-            tar.add(rootfs, arcname=".")
-        partial.rename(tarball)
-        shutil.rmtree(rootfs, ignore_errors=True)
-    podman("import", str(tarball), BASE_IMAGE)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -104,21 +72,20 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def image() -> Iterator[str]:
     need("podman")
-    ensure_base_image()
-    # A build context with exactly what .dockerignore lets through, made the way `make image` does.
-    context = tmp_path_factory.mktemp("context")
-    for name in ("Dockerfile", ".dockerignore", "k8s/image-requirements.txt"):
-        (context / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / name, context / name)
-    subprocess.run(
-        [str(ROOT / "k8s" / "build-wheels.sh"), sys.executable, str(context / "build" / "wheels")],
-        check=True, capture_output=True, timeout=300,
+    if podman("image", "exists", BASE_IMAGE, check=False).returncode != 0:
+        need("debootstrap")  # the script makes the base image with it, once
+    build = subprocess.run(
+        [str(ROOT / "k8s" / "build-image.sh"), "--python", sys.executable, IMAGE,
+         # No per-instruction cache images: each test build starts clean (~700 MB otherwise kept).
+         "--", "--layers=false"],
+        env=podman_env(), capture_output=True, text=True, timeout=900,
     )  # fmt: skip
-    # --layers=false: no per-instruction cache images (the wheels change every build anyway).
-    podman("build", "--layers=false", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "-t", IMAGE, str(context),
-           timeout=600)  # fmt: skip
+    assert build.returncode == 0, f"image build failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}"
+    # The build itself imported every generated module under the pinned grpcio and protobuf.
+    imported = re.findall(r"^generated modules import: (.*)$", build.stdout + build.stderr, re.MULTILINE)
+    assert imported and "_pb2_grpc" in imported[0], build.stdout[-3000:]
     try:
         yield IMAGE
     finally:

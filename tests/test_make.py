@@ -219,3 +219,12 @@ def test_check_results_rejects_missing_or_empty_results(text: str, reason: str):
     result = check_results(text)
     assert result.returncode == 1
     assert reason in result.stderr
+
+
+def test_workflow_builds_like_users_do():
+    # The GitHub workflow builds with `make image` (sources + PyPI), no host wheel step, and
+    # waits for Jobs with the same script as `make kind-e2e`.
+    workflow = (ROOT / ".github" / "workflows" / "kind-e2e.yml").read_text()
+    assert "build-wheels" not in workflow and "build/wheels" not in workflow
+    assert "make --no-print-directory image" in workflow
+    assert "condition=complete" not in workflow and "k8s/wait-job.sh" in workflow

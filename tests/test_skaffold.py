@@ -91,3 +91,13 @@ def test_port_forwards_match_rendered_services(config: dict[str, Any]):
         assert {(svc, spec.grpc_port), (svc, spec.metrics_port)} <= forwarded
     grafana = [f for f in config["portForward"] if "grafana" in f["resourceName"]]
     assert grafana and grafana[0]["namespace"] == "monitoring"
+
+
+def test_pushes_by_default_and_not_on_kind(config: dict[str, Any]):
+    # `push: false` at the top breaks every remote cluster (its nodes can't pull the image):
+    # only the kind profile, active on kind-* contexts, keeps images local.
+    assert "push" not in config["build"].get("local", {}), "push decided by skaffold's default (push to remote)"
+    (profile,) = [p for p in config["profiles"] if p["name"] == "kind"]
+    assert profile["build"]["local"]["push"] is False
+    # A profile's build replaces the build type but keeps the artifacts: it must not drop them.
+    assert "artifacts" not in profile["build"]
