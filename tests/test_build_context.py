@@ -10,6 +10,7 @@ Docker's own (last match wins, `!` re-includes, a match on a directory covers wh
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -121,3 +122,15 @@ def test_skaffold_builds_without_a_host_step():
     for artifact in config["build"]["artifacts"]:
         assert "hooks" not in artifact, artifact["hooks"]
         assert artifact.get("context", ".") == "."
+
+
+def test_base_image_is_the_current_python_311_patch():
+    # 3.11.14 was superseded; 3.11.18 is the latest 3.11 release (uv 0.13.9's list of CPython
+    # builds, the newest source of release facts reachable here). The Dockerfile's default and
+    # `make image`'s must agree, so every build path uses the same interpreter.
+    dockerfile = re.search(r"^ARG BASE_IMAGE=(\S+)$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    kind_mk = re.search(r"^BASE_IMAGE \?= (\S+)$", (ROOT / "k8s" / "kind.mk").read_text(), re.MULTILINE)
+    assert dockerfile and kind_mk
+    assert dockerfile.group(1) == kind_mk.group(1)
+    match = re.fullmatch(r"docker\.io/library/python:3\.11\.(\d+)-slim-bookworm", dockerfile.group(1))
+    assert match and int(match.group(1)) >= 18, dockerfile.group(1)
