@@ -55,7 +55,7 @@ def test_make_targets_dry_run():
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert "k8s/build-wheels.sh" in result.stdout
+    assert "--build-arg BASE_IMAGE" in result.stdout
     assert "podman build" in result.stdout
     assert "charts/music-analytics" in result.stdout and "helm test" in result.stdout
 
@@ -66,7 +66,7 @@ def test_workflow_uses_existing_files_and_targets():
     kind_step = next(s for s in steps if s.get("uses", "").startswith("helm/kind-action"))
     assert (ROOT / kind_step["with"]["config"]).is_file()
     script = "\n".join(s.get("run", "") for s in steps)
-    assert "k8s/build-wheels.sh" in script and "kind load docker-image" in script
+    assert "make --no-print-directory image" in script and "kind load docker-image" in script
     mk = (K8S / "kind.mk").read_text()
     for target in ("kind-monitoring", "kind-e2e"):
         assert f"make --no-print-directory {target}" in script
