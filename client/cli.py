@@ -260,6 +260,9 @@ def _summary(document: dict) -> dict:
         "trending_songs": document["recommendation_results"]["trending_songs"],
         "users": len(document["userbehavior_results"]["users"]),
         "rejected_examples": document["rejected_examples"][:5],
+        # How the run went in the cluster: replicas used, lost shards rebuilt elsewhere.
+        "replicas": document["replicas"],
+        "replica_recoveries": document["replica_recoveries"],
     }
 
 

@@ -59,3 +59,11 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServices
     """One replica of each service for the whole session (stateless between calls)."""
     with LocalServices(replicas=1, log_dir=tmp_path_factory.mktemp("service-logs")) as running:
         yield running
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """Keep each phase's report on the test item, so a fixture can record how the test went."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
