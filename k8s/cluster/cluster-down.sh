@@ -127,6 +127,7 @@ done
 # 9. Sysctls back to what they were before the first cluster-up.
 if [ -f "$STATE_DIR/sysctl.saved" ]; then
     while IFS= read -r kv; do sysctl -qw "$kv" 2>/dev/null || log "could not restore $kv"; done < "$STATE_DIR/sysctl.saved"
+    log "restored sysctls: $(tr "\n" " " < "$STATE_DIR/sysctl.saved")"
     rm -f "$STATE_DIR/sysctl.saved"
 fi
 

@@ -253,7 +253,7 @@ build_image_archive() { # name image context-dir: podman build FROM scratch, sav
     [ -f "$archive" ] && return 0
     mkdir -p "$IMAGE_CACHE"
     podman build --quiet --layers=false -t "$2" "$3" >/dev/null
-    podman save --format docker-archive -o "$archive.tmp" "$2"
+    podman save --quiet --format docker-archive -o "$archive.tmp" "$2"
     podman rmi --force "$2" >/dev/null
     mv "$archive.tmp" "$archive"
 }
