@@ -139,6 +139,18 @@ build_pause() {
     mv "$BIN_DIR/.pause.tmp" "$BIN_DIR/pause"
 }
 
+# The ServiceMonitor and PrometheusRule CRDs, so the chart's monitoring objects can be created
+# (no operator runs them). The prometheus-operator Go module zip carries the CRD yaml files.
+fetch_crds() {
+    local f files=(monitoring.coreos.com_servicemonitors.yaml monitoring.coreos.com_prometheusrules.yaml) dir missing=false
+    for f in "${files[@]}"; do [ -f "$BIN_DIR/crds/$f" ] || missing=true; done
+    $missing || return 0
+    dir=$(cd "$SRC_DIR" && go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" \
+        | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+    mkdir -p "$BIN_DIR/crds"
+    for f in "${files[@]}"; do cp "$dir/example/prometheus-operator-crd/$f" "$BIN_DIR/crds/$f"; done
+}
+
 build_all() {
     mkdir -p "$BIN_DIR" "$SRC_DIR"
     log "binaries: $BIN_DIR"
@@ -149,8 +161,10 @@ build_all() {
     timed etcdctl build_wrapped etcdctl go.etcd.io/etcd/etcdctl/v3 "$ETCDCTL_VERSION" go.etcd.io/etcd/etcdctl/v3 etcdctl
     timed coredns build_installed github.com/coredns/coredns "$COREDNS_VERSION" coredns
     timed kubernetes build_kubernetes
+    timed crds fetch_crds
     # A manifest of what this key holds, for humans and for cluster-up.sh's sanity check.
-    (cd "$BIN_DIR" && sha256sum -- * > SHA256SUMS.tmp && mv SHA256SUMS.tmp SHA256SUMS)
+    (cd "$BIN_DIR" && find . -type f ! -name 'SHA256SUMS*' -printf '%P\n' | sort | xargs sha256sum > SHA256SUMS.tmp \
+        && mv SHA256SUMS.tmp SHA256SUMS)
     log "done: $(du -sh "$BIN_DIR" | cut -f1) in $BIN_DIR"
 }
 

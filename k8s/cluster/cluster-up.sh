@@ -284,6 +284,17 @@ start_coredns() {
     wait_for coredns 60 curl -sf "http://127.0.0.1:$COREDNS_READY_PORT/ready"
 }
 
+# ServiceMonitor and PrometheusRule CRDs (from build.sh), so the chart installs with its
+# monitoring objects enabled; server-side because client-side apply's annotation is too small.
+install_crds() {
+    if ! compgen -G "$BIN_DIR/crds/*.yaml" >/dev/null; then
+        log "no CRDs in $BIN_DIR/crds (run build.sh): skipped"
+        return 0
+    fi
+    kc apply --server-side -f "$BIN_DIR/crds/" >/dev/null
+    kc wait --for=condition=Established --timeout=60s -f "$BIN_DIR/crds/" >/dev/null
+}
+
 start_node() {
     start kubelet kubelet --config="$CONF/kubelet.yaml" --kubeconfig="$PKI/kubelet.kubeconfig" \
         --root-dir="$STATE_DIR/kubelet" --hostname-override="$NODE_NAME" --node-ip="$NODE_IP"
@@ -350,6 +361,7 @@ start_controllers
 start_containerd
 import_images
 start_coredns
+install_crds
 start_node
 log "node $NODE_NAME Ready after $((SECONDS - t0)) s"
 smoke_dns
