@@ -27,12 +27,17 @@ for _ in $(seq 60); do kc -n "$NS" get serviceaccount default >/dev/null 2>&1 &&
 RESTRICTED='securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}'
 POD_SECURITY='securityContext: {runAsNonRoot: true, runAsUser: 65534, seccompProfile: {type: RuntimeDefault}}'
 
+log "pod traffic stays on this machine: our FORWARD chain comes first and drops the rest"
+first=$(iptables -w -S FORWARD | sed -n 2p)
+[ "$first" = "-A FORWARD -j $FW_CHAIN" ] || die "FORWARD does not start with $FW_CHAIN: $first"
+iptables -w -C "$FW_CHAIN" -s "$POD_CIDR" -j DROP || die "$FW_CHAIN lacks its DROP rule"
+
 log "admission: a privileged pod must be refused"
-if kc -n "$NS" run refused --image="$SMOKE_IMAGE" --image-pull-policy=Never --restart=Never \
-    --overrides='{"spec":{"containers":[{"name":"refused","image":"'"$SMOKE_IMAGE"'","securityContext":{"privileged":true}}]}}' \
-    >/dev/null 2>&1; then
+if out=$(kc -n "$NS" run refused --image="$SMOKE_IMAGE" --image-pull-policy=Never --restart=Never \
+    --overrides='{"spec":{"containers":[{"name":"refused","image":"'"$SMOKE_IMAGE"'","securityContext":{"privileged":true}}]}}' 2>&1); then
     die "a privileged pod was admitted into a restricted namespace"
 fi
+[[ $out == *'violates PodSecurity "restricted'* ]] || die "privileged pod refused, but not by PodSecurity: $out"
 
 log "Deployment + ClusterIP Service (busybox httpd), readiness over HTTP"
 kc -n "$NS" apply -f - >/dev/null <<EOF
