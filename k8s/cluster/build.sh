@@ -142,9 +142,10 @@ build_pause() {
 # The ServiceMonitor and PrometheusRule CRDs, so the chart's monitoring objects can be created
 # (no operator runs them). The prometheus-operator Go module zip carries the CRD yaml files.
 fetch_crds() {
-    local f files=(monitoring.coreos.com_servicemonitors.yaml monitoring.coreos.com_prometheusrules.yaml) dir missing=false
-    for f in "${files[@]}"; do [ -f "$BIN_DIR/crds/$f" ] || missing=true; done
-    $missing || return 0
+    local files=(monitoring.coreos.com_servicemonitors.yaml monitoring.coreos.com_prometheusrules.yaml)
+    local f dir absent=false
+    for f in "${files[@]}"; do [ -f "$BIN_DIR/crds/$f" ] || absent=true; done
+    $absent || return 0
     dir=$(cd "$SRC_DIR" && go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" \
         | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
     mkdir -p "$BIN_DIR/crds"

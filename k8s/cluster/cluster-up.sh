@@ -52,6 +52,7 @@ render() { # template output: replace each @VAR@ by the shell variable of that n
     sed "${sed_args[@]}" "$src" > "$out"
     if line=$(grep -n '@[A-Z_]*@' "$out"); then die "$out: unreplaced $line"; fi
 }
+# shellcheck disable=SC2034  # used by render through ${!var}
 POD_GATEWAY=${NODE_POD_CIDR%.*}.1
 render containerd.toml "$CONF/containerd.toml"
 render cni.conflist "$CONF/cni/10-music-analytics.conflist"

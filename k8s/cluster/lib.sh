@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # sourced: the variables are used by the scripts
 # Shared settings for build.sh, cluster-up.sh, cluster-down.sh and load-image.sh.
 # Sourced, not run. Everything is derived from versions.env and two overridable locations:
 #   MUSIC_ANALYTICS_CLUSTER_CACHE  build cache (Go caches, sources, binaries); survives

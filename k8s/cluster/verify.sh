@@ -10,7 +10,7 @@ set -euo pipefail
 
 IMAGE=${1:-}
 NS=cluster-verify
-export PATH=$(cat "$STATE_DIR/bin-dir"):$PATH
+PATH=$(cat "$STATE_DIR/bin-dir"):$PATH
 kc() { kubectl --kubeconfig="$STATE_DIR/kubeconfig" "$@"; }
 
 kc delete namespace "$NS" --ignore-not-found --wait=true >/dev/null
