@@ -82,13 +82,38 @@ for d in /proc/[0-9]*; do
 done
 sleep 0.5
 
-# 5. Pod network namespaces containerd made (cni-*), unless they were there before cluster-up.
+# 5. Containers that outlived their shim (containerd or the kubelet died, or a shim was killed):
+# their processes were reparented and still hold pod network namespaces and cgroups. runc, with
+# our root, knows them by id; anything left in the kubelet's pod cgroups is ours by definition.
+RUNC_ROOT=$CONTAINERD_RUN/runc/k8s.io
+if [ -d "$RUNC_ROOT" ]; then
+    for c in $(runc --root "$RUNC_ROOT" list -q 2>/dev/null); do
+        runc --root "$RUNC_ROOT" kill "$c" KILL >/dev/null 2>&1 || true
+        runc --root "$RUNC_ROOT" delete -f "$c" >/dev/null 2>&1 && log "deleted leftover container ${c:0:12}"
+    done
+fi
+pod_cgroup_pids() {
+    local d
+    for d in /sys/fs/cgroup/pids/kubepods /sys/fs/cgroup/kubepods; do
+        if [ -d "$d" ]; then find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null || true; fi
+    done | sort -u
+}
+for _ in 1 2 3 4 5; do
+    pids=$(pod_cgroup_pids)
+    [ -z "$pids" ] && break
+    log "killing processes left in pod cgroups: $(echo "$pids" | tr '\n' ' ')"
+    # shellcheck disable=SC2086  # one PID per word
+    kill -9 $pids 2>/dev/null || true
+    sleep 0.5
+done
+
+# 6. Pod network namespaces containerd made (cni-*), unless they were there before cluster-up.
 for ns in $(ip netns list 2>/dev/null | awk '$1 ~ /^cni-/ {print $1}'); do
     grep -qx "$ns" "$STATE_DIR/netns.baseline" 2>/dev/null && continue
     ip netns delete "$ns" 2>/dev/null && log "deleted netns $ns"
 done
 
-# 6. Mounts: pod volumes under the kubelet's root, container rootfs and shm under containerd's
+# 7. Mounts: pod volumes under the kubelet's root, container rootfs and shm under containerd's
 # state and root. Deepest first; lazily if something still holds one.
 umount_under() {
     local m
@@ -99,7 +124,7 @@ umount_under() {
 umount_under "$STATE_DIR"
 umount_under "$CONTAINERD_RUN"
 
-# 7. Network: our bridges (their routes go with them), our FORWARD chain, the Kubernetes chains.
+# 8. Network: our bridges (their routes go with them), our FORWARD chain, the Kubernetes chains.
 ip link delete "$POD_BRIDGE" 2>/dev/null || true
 ip link delete "$NODE_BRIDGE" 2>/dev/null || true
 while iptables -w -D FORWARD -j "$FW_CHAIN" 2>/dev/null; do :; done
@@ -110,21 +135,21 @@ for cmd in iptables ip6tables; do
         # Jumps into KUBE-* chains from the built-in chains first, or the chains cannot go.
         rules=$($cmd -w -t "$t" -S 2>/dev/null | sed -n 's/^-A \([A-Z]*\) \(.*-j KUBE-.*\)/-D \1 \2/p')
         while IFS= read -r rule; do
-            [ -n "$rule" ] && { eval "$cmd -w -t $t $rule" 2>/dev/null || true; }
+            if [ -n "$rule" ]; then eval "$cmd -w -t $t $rule" 2>/dev/null || true; fi
         done <<< "$rules"
         for ch in $($cmd -w -t "$t" -S 2>/dev/null | awk '/^-N KUBE-/ {print $2}'); do $cmd -w -t "$t" -F "$ch" 2>/dev/null || true; done
         for ch in $($cmd -w -t "$t" -S 2>/dev/null | awk '/^-N KUBE-/ {print $2}'); do $cmd -w -t "$t" -X "$ch" 2>/dev/null || true; done
     done
 done
 
-# 8. The kubelet's cgroups (kubepods and below, in every v1 hierarchy and the unified one).
+# 9. The kubelet's cgroups (kubepods and below, in every v1 hierarchy and the unified one).
 for root in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do
     [ -d "$root" ] || continue
     find "$root" -depth -type d -exec rmdir {} + 2>/dev/null || true
     [ -d "$root" ] && log "cgroup $root still in use"
 done
 
-# 9. Sysctls back to what they were before the first cluster-up.
+# 10. Sysctls back to what they were before the first cluster-up.
 if [ -f "$STATE_DIR/sysctl.saved" ]; then
     while IFS= read -r kv; do sysctl -qw "$kv" 2>/dev/null || log "could not restore $kv"; done < "$STATE_DIR/sysctl.saved"
     log "restored sysctls: $(tr "\n" " " < "$STATE_DIR/sysctl.saved")"

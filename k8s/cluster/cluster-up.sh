@@ -134,7 +134,7 @@ save_sysctls() {
     local f=$STATE_DIR/sysctl.saved s
     [ -f "$f" ] && return 0
     for s in "${SYSCTLS[@]}"; do
-        [ -e "/proc/sys/${s//.//}" ] && echo "$s=$(cat "/proc/sys/${s//.//}")"
+        if [ -e "/proc/sys/${s//.//}" ]; then echo "$s=$(cat "/proc/sys/${s//.//}")"; fi
     done > "$f.tmp"
     mv "$f.tmp" "$f"
 }
