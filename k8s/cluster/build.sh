@@ -4,6 +4,7 @@
 #   build.sh            install Debian packages if missing, then build what is not cached
 #   build.sh deps       only the Debian packages
 #   build.sh bin-dir    print the bin/<key>/ directory (no build)
+#   build.sh skaffold   also build skaffold (optional; see build_skaffold)
 # Go modules come from the Go module proxy; nothing else is downloaded. Binaries are static
 # (CGO_ENABLED=0), stripped and -trimpath'd: smaller, faster to link, reproducible paths.
 set -euo pipefail
@@ -152,6 +153,26 @@ fetch_crds() {
     for f in "${files[@]}"; do cp "$dir/example/prometheus-operator-crd/$f" "$BIN_DIR/crds/$f"; done
 }
 
+# skaffold v2, optional (`build.sh skaffold`): its go.mod has replace directives, so a wrapper
+# module copies them (single-line form, as skaffold writes them). Before running it, turn its
+# telemetry off (`skaffold config set --global collect-metrics false`): with metrics on it probes
+# an internet address to decide whether to upload. SKAFFOLD_UPDATE_CHECK=false for the update check.
+build_skaffold() {
+    have skaffold && return 0
+    local mod=github.com/GoogleContainerTools/skaffold/v2 d=$SRC_DIR/skaffold-$SKAFFOLD_VERSION gomod
+    mkdir -p "$d" "$BIN_DIR"
+    gomod=$(cd "$d" && go mod download -json "$mod@$SKAFFOLD_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+    [ -f "$gomod" ] || die "$mod@$SKAFFOLD_VERSION: go.mod not downloaded"
+    {
+        printf 'module music-analytics.local/cluster-build/skaffold\n\ngo 1.24.1\n\nrequire %s %s\n\n' "$mod" "$SKAFFOLD_VERSION"
+        grep '^replace ' "$gomod" || true
+    } > "$d/go.mod"
+    (cd "$d" && go get "$mod/cmd/skaffold@$SKAFFOLD_VERSION" \
+        && go build -trimpath -ldflags "-s -w -X $mod/pkg/skaffold/version.version=$SKAFFOLD_VERSION" \
+            -o "$BIN_DIR/.skaffold.tmp" "$mod/cmd/skaffold")
+    mv "$BIN_DIR/.skaffold.tmp" "$BIN_DIR/skaffold"
+}
+
 build_all() {
     mkdir -p "$BIN_DIR" "$SRC_DIR"
     log "binaries: $BIN_DIR"
@@ -172,6 +193,7 @@ build_all() {
 case ${1:-all} in
     deps) timed deps deps ;;
     bin-dir) echo "$BIN_DIR" ;;
+    skaffold) timed skaffold build_skaffold ;;
     all) timed deps deps; timed total build_all ;;
-    *) die "usage: $0 [all|deps|bin-dir]" ;;
+    *) die "usage: $0 [all|deps|bin-dir|skaffold]" ;;
 esac
