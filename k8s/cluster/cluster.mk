@@ -7,16 +7,20 @@
 
 CLUSTER_IMAGE ?= localhost/music-analytics:dev
 
-.PHONY: cluster-build cluster-up cluster-down cluster-load
+.PHONY: cluster-build cluster-up cluster-down cluster-load cluster-e2e
 
-cluster-build:
+cluster-build: ## build or reuse the pinned Kubernetes, etcd, CoreDNS and Helm binaries (root; ~11 min cold)
 	k8s/cluster/build.sh
 
-cluster-up: cluster-build
+cluster-up: cluster-build ## start a one-node Kubernetes as host processes (root); KUBECONFIG=build/cluster/kubeconfig
 	k8s/cluster/cluster-up.sh
 
-cluster-down:
+cluster-down: ## stop the local cluster and undo every change it made to the machine
 	k8s/cluster/cluster-down.sh
 
-cluster-load:
+cluster-load: ## load a podman image into the local cluster (CLUSTER_IMAGE=repo:tag)
 	k8s/cluster/load-image.sh $(CLUSTER_IMAGE)
+
+# The chart on the real cluster: builds it, runs every check, stops it; report in build/cluster-e2e/.
+cluster-e2e: $(TEST_STAMP) ## the chart on a real local cluster: install, Job, helm test, upgrades, faults (root)
+	MUSIC_ANALYTICS_CLUSTER_E2E=1 $(BIN)/python -m pytest -v -ra tests/test_cluster_e2e.py
