@@ -477,26 +477,17 @@ def url_values(tmp: Path, server: DataServer) -> Path:
 
 def run_with_fault(c: Cluster, tmp: Path, server: DataServer, fault: Callable[[str], str], evidence) -> dict:
     """Upgrade (a new Job over the big file); once a streaming replica has data, apply ``fault``."""
-    c.helm(
-        "upgrade",
-        RELEASE,
-        str(CHART),
-        "-n",
-        NAMESPACE,
-        "-f",
-        str(url_values(tmp, server)),
-        "--wait",
-        "--timeout",
-        "10m",
-    )
+    # Counters include earlier Jobs' batches: the new Job's show as an increase over these.
+    before = {pod["metadata"]["name"]: batches_received(pod, s) for s in STREAMING for pod in pods(c, s)}
+    values = url_values(tmp, server)
+    c.helm("upgrade", RELEASE, str(CHART), "-n", NAMESPACE, "-f", str(values), "--wait", "--timeout", "10m")
     name = job_named(c, revision(c))
-
     # The pods are Ready and stay put until the fault: list them once, then poll only their metrics.
     replicas = [(service, pod) for service in STREAMING for pod in pods(c, service)]
 
     def victim() -> str | None:
         for service, pod in replicas:
-            if batches_received(pod, service) > 0:
+            if batches_received(pod, service) > before.get(pod["metadata"]["name"], 0.0):
                 return pod["metadata"]["name"]
         return None
 
@@ -686,7 +677,11 @@ def test_monitoring_objects_apply_and_prometheus_scrapes_every_pod(cluster: Clus
 
         up = wait_until(f"Prometheus to scrape all {service_pods} service pods", scraped, 120)
         evidence["scraped_pods"] = sorted(s["metric"]["pod"] for s in up)
-        # The Job of this revision ran against the scraped services and pushed its own metrics.
+        wait_job(c, job_named(c, revision(c)))
+        # One more run while Prometheus watches (the last one may have ended before its first
+        # scrape): rates and latency histograms need the counters to move under its eyes.
+        c.helm("upgrade", RELEASE, str(CHART), "-n", NAMESPACE, "-f", str(values), "--wait", "--timeout", "10m")
+        targets.write_text(json.dumps(annotated_targets(c)))
         job = wait_job(c, job_named(c, revision(c)))
         assert job["status"].get("succeeded") == 1, job["status"]
         time.sleep(5)  # a few scrapes after the run, so rates have two points
