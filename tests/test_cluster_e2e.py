@@ -738,3 +738,32 @@ def test_helm_uninstall_leaves_nothing_behind(cluster: Cluster, evidence):
     finally:
         evidence["left_behind"] = leftovers()
     assert evidence["left_behind"] == []
+
+
+def test_network_policies_are_enforced(cluster: Cluster, evidence):
+    """NetworkPolicy: a pod outside the allowed paths is refused while the Job's own paths work."""
+    # kind enforces policies with kindnet's kube-network-policies, which queues packets to user
+    # space through an nftables `queue` rule. Tried here (k8s/cluster/README.md): v0.8.0 builds
+    # from the module proxy and starts, then fails with "syncing nftables rules ... netlink
+    # receive: no such file or directory": this kernel has NFQUEUE for iptables but not the
+    # nftables queue expression (`nft add rule ... queue num 100` fails the same way). The
+    # bridge CNI has no engine of its own, so policies are accepted but not enforced here; the
+    # chart's policies are checked path by path without a cluster in tests/test_chart.py.
+    evidence["engine"] = "sigs.k8s.io/kube-network-policies v0.8.0"
+    pytest.skip(
+        "not applicable here: no NetworkPolicy engine can run on this kernel (kube-network-policies needs the "
+        "nftables queue expression, which this kernel lacks); see k8s/cluster/README.md"
+    )
+
+
+def test_skaffold_run_and_dev_rebuild(cluster: Cluster, evidence):
+    """skaffold run against the cluster, then skaffold dev rebuilding on a change under services/."""
+    # skaffold v2.16.1, the newest the Go module proxy serves (v2.17.0 is refused), builds from
+    # its module (k8s/cluster/build.sh skaffold), but knows config apiVersions only up to
+    # skaffold/v4beta13, and skaffold.yaml is skaffold/v4beta14 (the current schema, vendored in
+    # tests/schemas/): it refuses to load it. skaffold.yaml is checked against that schema and the
+    # build context (tests/test_skaffold.py, tests/test_build_context.py) instead.
+    evidence["skaffold"] = "v2.16.1 builds; loads apiVersion <= skaffold/v4beta13; skaffold.yaml is v4beta14"
+    pytest.skip(
+        "not applicable here: the newest skaffold the module proxy serves (v2.16.1) cannot read skaffold/v4beta14"
+    )
