@@ -260,12 +260,6 @@ def post_renderer(tmp: Path, name: str, body: str) -> Path:
     return path
 
 
-def latest_job(c: Cluster) -> dict:
-    jobs = c.get("jobs", "-l", f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=pipeline")
-    assert jobs["items"], "no pipeline Job"
-    return max(jobs["items"], key=lambda j: j["metadata"]["creationTimestamp"])
-
-
 def job_named(c: Cluster, revision: int) -> str:
     names = [j["metadata"]["name"] for j in c.get("jobs")["items"]]
     matching = [n for n in names if n.endswith(f"-{revision}")]
