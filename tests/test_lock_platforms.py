@@ -19,25 +19,15 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from tests.test_build_pins import pins
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("MUSIC_ANALYTICS_WHEEL_CACHE", "/var/tmp/music-analytics-wheels"))
 PLATFORMS = {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}
 
 pytestmark = pytest.mark.timeout(900)
-
-
-def pins(path: Path) -> dict[str, str]:
-    found = {}
-    for line in path.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            requirement = Requirement(line)
-            (spec,) = requirement.specifier
-            found[canonicalize_name(requirement.name)] = spec.version
-    return found
 
 
 def project_requirements() -> list[str]:
