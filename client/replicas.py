@@ -70,16 +70,6 @@ class Endpoint:
             self.alive = False
         return self.alive
 
-    def wait_serving(self, timeout: float) -> None:
-        """Block until the endpoint reports SERVING, or raise ServiceError."""
-        deadline = time.monotonic() + timeout
-        while not self.check(min(deadline - time.monotonic(), 2.0)):
-            if time.monotonic() >= deadline:
-                raise ServiceError(
-                    f"{self.service.name} at {self.address} is not serving after {timeout:g}s ({self.status})"
-                )
-            time.sleep(0.1)
-
     def close(self) -> None:
         self.channel.close()
 

@@ -74,11 +74,6 @@ def parse_target(target: str) -> Target:
     return Target(text, addresses=(text,))
 
 
-def resolve(target: str) -> list[str]:
-    """Addresses behind ``target`` now (TargetError for bad syntax, ResolutionError for none)."""
-    return parse_target(target).resolve()
-
-
 def _split_host_port(address: str, target: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:

@@ -41,6 +41,8 @@ OUT = ROOT / "build" / "cluster-e2e"
 REPORT = OUT / "report.json"
 NAMESPACE = "music-analytics-e2e"
 RELEASE = "music-analytics"
+# The chart uses a release name that already contains the chart name as the whole prefix.
+FULLNAME = RELEASE
 IMAGE_REPO = "localhost/music-analytics"
 IMAGE_TAG = "cluster-e2e"
 CHART = ROOT / "charts" / "music-analytics"
@@ -219,12 +221,8 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float, interval: fl
         time.sleep(interval)
 
 
-def fullname() -> str:
-    return RELEASE  # the release name contains the chart name: the chart uses it as is
-
-
 def deployment(name: str) -> str:
-    return f"{fullname()}-{name}"
+    return f"{FULLNAME}-{name}"
 
 
 def base_values(tmp: Path, **extra: Any) -> Path:
@@ -288,7 +286,7 @@ def job_conditions(job: dict) -> dict[str, str]:
 
 
 def stored_summary(c: Cluster) -> dict:
-    data = c.get("configmap", f"{fullname()}-results").get("data") or {}
+    data = c.get("configmap", f"{FULLNAME}-results").get("data") or {}
     assert "summary.json" in data, f"results ConfigMap holds no summary: {sorted(data)}"
     return json.loads(data["summary.json"])
 
@@ -371,7 +369,6 @@ def edit(docs):
                 "securityContext": main["securityContext"]}]
     return docs
 """)  # fmt: skip
-    STATE["delay"] = delay
     started = time.monotonic()
     install = c.helm("install", RELEASE, str(CHART), "-n", NAMESPACE, "-f", str(base_values(tmp_path)),
                      "--post-renderer", str(delay), "--wait", "--timeout", "10m")  # fmt: skip
