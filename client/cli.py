@@ -83,29 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--results-configmap", metavar="NAME", help="in Kubernetes: also write the summary to this ConfigMap"
     )
 
-    serve = sub.add_parser("serve", help="run one service")
-    serve.add_argument("service", choices=("mapreduce", "userbehavior", "recommendation"))
-    serve.add_argument("--host", default=None, help="address to bind (default [::], env MUSIC_ANALYTICS_HOST)")
-    serve.add_argument("--port", type=int, default=None, help="gRPC port (env MUSIC_ANALYTICS_GRPC_PORT)")
-    serve.add_argument(
-        "--metrics-port",
-        type=int,
-        default=None,
-        help="Prometheus /metrics port (env MUSIC_ANALYTICS_METRICS_PORT)",
-    )
-    serve.add_argument(
-        "--grace-seconds",
-        type=float,
-        default=None,
-        help="how long in-flight calls may finish after SIGTERM (env MUSIC_ANALYTICS_GRACE_SECONDS)",
-    )
-    serve.add_argument(
-        "--shutdown-delay-seconds",
-        type=float,
-        default=None,
-        help="after SIGTERM, keep accepting calls this long with health NOT_SERVING, so the cluster stops "
-        "routing to us first (default 5; env MUSIC_ANALYTICS_SHUTDOWN_DELAY_SECONDS)",
-    )
+    from music_analytics.services.common.server import add_serve_arguments
+
+    add_serve_arguments(sub.add_parser("serve", help="run one service"))
 
     demo = sub.add_parser("demo", help="start the services locally, run the pipeline, stop them")
     _add_run_arguments(demo, data_required=False)
@@ -134,24 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from music_analytics.services.common.server import ServerConfig, serve
-    from music_analytics.services.registry import SERVICES
+    from music_analytics.services.common.server import serve_from_args
 
-    spec = SERVICES[args.service]
-    config = ServerConfig.from_env(
-        spec,
-        host=args.host,
-        grpc_port=args.port,
-        metrics_port=args.metrics_port,
-        grace_seconds=args.grace_seconds,
-        shutdown_delay_seconds=args.shutdown_delay_seconds,
-    )
-    try:
-        serve(spec, config)
-    except OSError as exc:
-        print(f"music-analytics serve {args.service}: {exc}", file=sys.stderr)
-        return EXIT_SERVICE
-    return EXIT_OK
+    return serve_from_args(args)
 
 
 def _progress_printer() -> object | None:

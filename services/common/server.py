@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -188,3 +190,49 @@ def serve(spec: ServiceSpec, config: ServerConfig) -> None:
     service.start()
     stopping.wait()
     service.stop()
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``serve`` command's flags (each overrides its MUSIC_ANALYTICS_* environment variable)."""
+    from music_analytics.services.registry import SERVICES
+
+    parser.add_argument("service", choices=tuple(SERVICES))
+    parser.add_argument("--host", default=None, help="address to bind (default [::], env MUSIC_ANALYTICS_HOST)")
+    parser.add_argument("--port", type=int, default=None, help="gRPC port (env MUSIC_ANALYTICS_GRPC_PORT)")
+    parser.add_argument(
+        "--metrics-port", type=int, default=None, help="Prometheus /metrics port (env MUSIC_ANALYTICS_METRICS_PORT)"
+    )
+    parser.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=None,
+        help="how long in-flight calls may finish after SIGTERM (env MUSIC_ANALYTICS_GRACE_SECONDS)",
+    )
+    parser.add_argument(
+        "--shutdown-delay-seconds",
+        type=float,
+        default=None,
+        help="after SIGTERM, keep accepting calls this long with health NOT_SERVING, so the cluster stops "
+        "routing to us first (default 5; env MUSIC_ANALYTICS_SHUTDOWN_DELAY_SECONDS)",
+    )
+
+
+def serve_from_args(args: argparse.Namespace) -> int:
+    """Run the service ``args`` name until a signal; the exit code of ``music-analytics serve``."""
+    from music_analytics.services.registry import SERVICES
+
+    spec = SERVICES[args.service]
+    config = ServerConfig.from_env(
+        spec,
+        host=args.host,
+        grpc_port=args.port,
+        metrics_port=args.metrics_port,
+        grace_seconds=args.grace_seconds,
+        shutdown_delay_seconds=args.shutdown_delay_seconds,
+    )
+    try:
+        serve(spec, config)
+    except OSError as exc:
+        print(f"music-analytics serve {args.service}: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,83 @@
+"""The wire contract's numbers and names, defined once for the services and the client.
+
+``proto/music/v1`` defines the messages; this module holds what a .proto file cannot: the
+default ports, the defaults that a zero field stands for, and the bounds every request field is
+checked against. The chart's values.yaml repeats the ports (YAML cannot import Python);
+tests/test_contract.py checks that it repeats them right.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from music_analytics.api import mapreduce_pb2, recommendation_pb2, userbehavior_pb2
+
+# Largest message either side accepts. A 64k-row batch with long strings stays under ~4 MB;
+# 16 MB leaves room without inviting abuse.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+# Defaults for a request field left at 0.
+TOP_SONGS = 10
+TOP_USERS = 5
+TRENDING_SONGS = 5
+
+# Bounds of the request fields (INVALID_ARGUMENT past them).
+MAX_TOP_N = 10_000
+# Recommendations carry one uint32 bit mask per user: bit j is trending song j.
+MAX_TRENDING_N = 32
+MAX_CANDIDATES = 100_000
+# Rows in one EventBatch or PlayEvents message. The client sends 65,536 at most; a message of
+# 16 MB cannot hold more than ~1.4M rows of the smallest possible encoding anyway.
+MAX_BATCH_ROWS = 1 << 20
+# Users in one UserSummaries / UserProfiles / Recommendations message: keeps each far below
+# the 4 MB default limit of other gRPC clients.
+USERS_PER_MESSAGE = 20_000
+MAX_USERS_PER_MESSAGE = 100_000
+
+HEALTH_SERVICE = "grpc.health.v1.Health"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ServiceContract:
+    """One service as the network sees it: its names, its one method and its default ports."""
+
+    name: str  # command-line and log name: "mapreduce"
+    descriptor: object  # protobuf ServiceDescriptor
+    method_name: str
+    grpc_port: int
+    metrics_port: int
+
+    @property
+    def full_name(self) -> str:
+        return self.descriptor.full_name  # type: ignore[attr-defined]
+
+    @property
+    def method(self) -> str:
+        """The method's path as gRPC sends it: ``/music.v1.MapReduceService/CountPlays``."""
+        return f"/{self.full_name}/{self.method_name}"
+
+
+MAPREDUCE = ServiceContract(
+    "mapreduce", mapreduce_pb2.DESCRIPTOR.services_by_name["MapReduceService"], "CountPlays", 50051, 9051
+)
+USERBEHAVIOR = ServiceContract(
+    "userbehavior", userbehavior_pb2.DESCRIPTOR.services_by_name["UserBehaviorService"], "AnalyzeUsers", 50053, 9053
+)
+RECOMMENDATION = ServiceContract(
+    "recommendation",
+    recommendation_pb2.DESCRIPTOR.services_by_name["RecommendationService"],
+    "Recommend",
+    50055,
+    9055,
+)
+SERVICES: dict[str, ServiceContract] = {s.name: s for s in (MAPREDUCE, USERBEHAVIOR, RECOMMENDATION)}
+
+
+def top_ranked(items: Iterable[T], n: int, count: Callable[[T], int], key: Callable[[T], str]) -> list[T]:
+    """The ``n`` items of highest ``count``, ties by ``key`` ascending: the order every top list
+    of the contract promises (top songs, most active users, trending songs)."""
+    return sorted(items, key=lambda item: (-count(item), key(item)))[:n]
