@@ -1,0 +1,47 @@
+"""Merging the replicas' answers: each replica's is exact for its own keys, so merging is
+concatenation and re-ranking."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from operator import attrgetter
+
+from music_analytics.api import mapreduce_pb2, userbehavior_pb2
+
+__all__ = ["UserResult", "merge_songs", "merge_users"]
+
+
+def merge_songs(answers: list[mapreduce_pb2.CountPlaysResponse]) -> tuple[list, int, int]:
+    songs = [s for a in answers for s in a.top_songs]
+    songs.sort(key=lambda s: (-s.plays, s.song))
+    return (
+        songs[:10],
+        sum(a.distinct_songs for a in answers),
+        sum(a.events_processed for a in answers),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class UserResult:
+    """One user's line of the results (slots: there are hundreds of thousands of them)."""
+
+    user_id: str
+    total_time: int
+    top_artist: str
+
+
+def merge_users(answers: list[userbehavior_pb2.AnalyzeUsersResponse]) -> tuple[list[UserResult], list, int]:
+    users: list[UserResult] = []
+    tops: list[tuple[str, int]] = []
+    events = 0
+    for a in answers:
+        kind = a.WhichOneof("payload")
+        if kind == "users":
+            u = a.users
+            users.extend(map(UserResult, u.user_ids, u.total_time, u.top_artist))
+        elif kind == "top_users":
+            tops.extend(zip(a.top_users.user_ids, a.top_users.total_time, strict=True))
+            events += a.events_processed
+    users.sort(key=attrgetter("user_id"))
+    tops.sort(key=lambda t: (-t[1], t[0]))
+    return users, tops[:5], events
