@@ -11,10 +11,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from music_analytics.services.common import contract
+
 EXIT_OK, EXIT_SERVICE, EXIT_INPUT, EXIT_BAD_ROW, EXIT_NOT_STORED = 0, 1, 2, 3, 4
 DEFAULT_RESULTS = "results/run_grpc_metrics.json"
 DEFAULT_DATA = "data/stream_data.csv"
-SERVICE_NAMES = ("mapreduce", "userbehavior", "recommendation")
+SERVICE_NAMES = tuple(contract.SERVICES)
 
 
 def _add_run_arguments(p: argparse.ArgumentParser, data_required: bool) -> None:
@@ -55,11 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the pipeline against running services")
     _add_run_arguments(run, data_required=True)
-    for name, port in (("mapreduce", 50051), ("userbehavior", 50053), ("recommendation", 50055)):
+    for service in contract.SERVICES.values():
+        name = service.name
         env = f"{name.upper()}_ADDR"
         run.add_argument(
             f"--{name}",
-            default=os.environ.get(env, f"localhost:{port}"),
+            default=os.environ.get(env, f"localhost:{service.grpc_port}"),
             help=f"gRPC target: host:port, ipv4:a:p,b:p or dns:///name:port (env {env})",
         )
     run.add_argument(

@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from music_analytics.services.registry import SERVICES
+from music_analytics.services.common.contract import SERVICES
 
 
 def free_port(preferred: int | None = None) -> int:

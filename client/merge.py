@@ -4,18 +4,20 @@ concatenation and re-ranking."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 
 from music_analytics.api import mapreduce_pb2, userbehavior_pb2
+from music_analytics.services.common.contract import TOP_SONGS, TOP_USERS, top_ranked
 
 __all__ = ["UserResult", "merge_songs", "merge_users"]
 
 
 def merge_songs(answers: list[mapreduce_pb2.CountPlaysResponse]) -> tuple[list, int, int]:
+    """The top songs of all replicas (each sent its own top; a song lives on one replica only),
+    distinct songs and events counted."""
     songs = [s for a in answers for s in a.top_songs]
-    songs.sort(key=lambda s: (-s.plays, s.song))
     return (
-        songs[:10],
+        top_ranked(songs, TOP_SONGS, count=attrgetter("plays"), key=attrgetter("song")),
         sum(a.distinct_songs for a in answers),
         sum(a.events_processed for a in answers),
     )
@@ -31,6 +33,7 @@ class UserResult:
 
 
 def merge_users(answers: list[userbehavior_pb2.AnalyzeUsersResponse]) -> tuple[list[UserResult], list, int]:
+    """Every user by user_id, the most active users of all replicas, events counted."""
     users: list[UserResult] = []
     tops: list[tuple[str, int]] = []
     events = 0
@@ -43,5 +46,4 @@ def merge_users(answers: list[userbehavior_pb2.AnalyzeUsersResponse]) -> tuple[l
             tops.extend(zip(a.top_users.user_ids, a.top_users.total_time, strict=True))
             events += a.events_processed
     users.sort(key=attrgetter("user_id"))
-    tops.sort(key=lambda t: (-t[1], t[0]))
-    return users, tops[:5], events
+    return users, top_ranked(tops, TOP_USERS, count=itemgetter(1), key=itemgetter(0)), events

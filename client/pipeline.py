@@ -23,22 +23,14 @@ from music_analytics.client.recommend import recommend
 from music_analytics.client.replicas import Replicas, ServiceError, ServiceInfo
 from music_analytics.client.streams import ShardedStream
 from music_analytics.client.targets import parse_target
+from music_analytics.services.common import contract
 
 __all__ = ["PipelineConfig", "PipelineResult", "ServiceError", "UserResult", "run_pipeline"]
 
 
-MAPREDUCE = ServiceInfo(
-    "mapreduce", "music.v1.MapReduceService", "/music.v1.MapReduceService/CountPlays", ("song_id", "artist")
-)
-USERBEHAVIOR = ServiceInfo(
-    "userbehavior",
-    "music.v1.UserBehaviorService",
-    "/music.v1.UserBehaviorService/AnalyzeUsers",
-    ("user_id", "artist", "duration"),
-)
-RECOMMENDATION = ServiceInfo(
-    "recommendation", "music.v1.RecommendationService", "/music.v1.RecommendationService/Recommend"
-)
+MAPREDUCE = ServiceInfo.of(contract.MAPREDUCE, ("song_id", "artist"))
+USERBEHAVIOR = ServiceInfo.of(contract.USERBEHAVIOR, ("user_id", "artist", "duration"))
+RECOMMENDATION = ServiceInfo.of(contract.RECOMMENDATION)
 
 
 @dataclass

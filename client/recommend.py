@@ -10,10 +10,9 @@ import grpc
 from music_analytics.api import mapreduce_pb2, recommendation_pb2
 from music_analytics.client.merge import UserResult
 from music_analytics.client.replicas import Replicas, ServiceError, describe, replica_lost
+from music_analytics.services.common.contract import USERS_PER_MESSAGE
 
 __all__ = ["recommend"]
-
-USERS_PER_MESSAGE = 20_000
 
 
 def recommend(

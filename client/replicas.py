@@ -17,11 +17,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from music_analytics.client.targets import ResolutionError, Target
+from music_analytics.services.common.contract import MAX_MESSAGE_BYTES, ServiceContract
 
 log = logging.getLogger(__name__)
 
-# The services' receive limit too (services/common/server.py); a batch is ~1-2 MB.
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -42,6 +41,11 @@ class ServiceInfo:
     health_name: str
     method: str
     columns: tuple[str, ...] = ()  # the event columns the service reads
+
+    @classmethod
+    def of(cls, contract: ServiceContract, columns: tuple[str, ...] = ()) -> ServiceInfo:
+        """The client's view of a service of the contract: the service's own name is its health name."""
+        return cls(contract.name, contract.full_name, contract.method, columns)
 
 
 class Endpoint:
