@@ -14,11 +14,12 @@ from tests.conftest import require_binary
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "charts" / "music-analytics" / "files" / "prometheus-rules.yaml"
 PROMTOOL_TESTS = sorted((ROOT / "tests" / "promtool").glob("*.yaml"))
-REQUIRED = {  # what the issue asks for, by the alert that covers it
+REQUIRED = {  # what the alerts must cover, by the alert that covers it
     "service down": "MusicAnalyticsServiceDown",
     "error ratio": "MusicAnalyticsHighErrorRatio",
     "p95 latency": "MusicAnalyticsHighLatency",
-    "rows rejected": "MusicAnalyticsRowsRejected",
+    "calls refused as bad input": "MusicAnalyticsCallsRejected",
+    "calls refused over a service's limits": "MusicAnalyticsCallsOverLimit",
 }
 
 

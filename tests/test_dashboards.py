@@ -118,8 +118,8 @@ def test_service_dashboard_drills_down_by_service() -> None:
 
 
 def test_overview_covers_what_users_watch() -> None:
-    """The issue's list: traffic, errors, latency quantiles, events, batches, rejections, streams,
-    memory and CPU per pod, and the client pipeline's pushed metrics."""
+    """Traffic, errors, latency quantiles, events, batches, refused calls, streams, memory and CPU
+    per pod, and the client pipeline's pushed metrics."""
     text = "\n".join(exprs(load("music-analytics-overview.json")))
     for needed in (
         "grpc_server_handled_total",
@@ -129,7 +129,7 @@ def test_overview_covers_what_users_watch() -> None:
         "histogram_quantile(0.99, sum by (le, grpc_service, grpc_method) (rate(grpc_server_handling_seconds_bucket",
         "music_analytics_events_processed_total",
         "music_analytics_batch_size_events_bucket",
-        "music_analytics_rows_rejected_total",
+        "music_analytics_calls_rejected_total",
         "music_analytics_inflight_streams",
         "process_resident_memory_bytes",
         "process_cpu_seconds_total",
@@ -220,3 +220,112 @@ def test_application_traffic_panels_ignore_health_checks(tmp_path: Path) -> None
             [promtool, "test", "rules", "app.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=120
         )
         assert checked.returncode != 0, f"sees no application traffic: {q}"
+
+
+def test_calls_refused_by_services_and_csv_rows_skipped_by_the_client_stay_apart() -> None:
+    """Two different things: whole calls a service refused (music_analytics_calls_rejected_total)
+    and CSV rows the client left out (music_analytics_client_rows_rejected_total). No panel mixes
+    them, and each panel's title says which one it counts."""
+    seen = {"service": 0, "client": 0}
+    for name in sorted(EXPECTED):
+        for panel in panels(load(name)):
+            text = " ".join(t["expr"] for t in panel.get("targets", []))
+            service = "music_analytics_calls_rejected_total" in text
+            client = "music_analytics_client_rows_rejected_total" in text
+            assert not (service and client), panel["title"]
+            if service:
+                seen["service"] += 1
+                assert "calls" in panel["title"].lower() and "rows" not in panel["title"].lower(), panel["title"]
+            if client:
+                seen["client"] += 1
+                assert "csv rows" in panel["title"].lower() and "client" in panel["title"].lower(), panel["title"]
+    assert seen["service"] >= 4 and seen["client"] >= 2, seen
+    # The old service-side name is gone for good.
+    for name in sorted(EXPECTED):
+        assert not re.search(r"\bmusic_analytics_rows_rejected_total", (DASHBOARD_DIR / name).read_text()), name
+
+
+# ---------------------------------------------------------------- grpc_code spellings
+
+# Go's codes.Code.String(), indexed by code number: the label values go-grpc-middleware (and our
+# services) put in grpc_code. Cross-checked against grpc.StatusCode's numbering below.
+GO_CODE_NAMES = (
+    "OK", "Canceled", "Unknown", "InvalidArgument", "DeadlineExceeded", "NotFound", "AlreadyExists",
+    "PermissionDenied", "ResourceExhausted", "FailedPrecondition", "Aborted", "OutOfRange",
+    "Unimplemented", "Internal", "Unavailable", "DataLoss", "Unauthenticated",
+)  # fmt: skip
+# Where a grpc_code can be written: the monitoring files, the chart (templates, NOTES, values,
+# schema) and the k8s/ monitoring values.
+CODE_SOURCES = sorted(
+    [
+        *DASHBOARD_DIR.glob("*.json"),
+        ROOT / "charts" / "music-analytics" / "files" / "prometheus-rules.yaml",
+        *(ROOT / "tests" / "promtool").glob("*.yaml"),
+        *(ROOT / "charts" / "music-analytics" / "templates").rglob("*"),
+        ROOT / "charts" / "music-analytics" / "values.yaml",
+        ROOT / "charts" / "music-analytics" / "values.schema.json",
+        *(ROOT / "k8s").glob("*.yaml"),
+    ]
+)
+MATCHER = re.compile(r'grpc_code\s*(=~|!~|!=|=)\s*\\?"((?:[^"\\]|\\[^"])*)\\?"')
+WORD = re.compile(r"[A-Za-z_]+")
+
+
+def grpc_code_problems(text: str) -> tuple[list[str], list[str]]:
+    """(problems, matched values): every value a grpc_code matcher names that is not a Go spelling,
+    and any spelling of a code name in prose that is not Go's (CANCELLED, Cancelled,
+    RESOURCE_EXHAUSTED, Ok...). Lower-case English words ("unknown", "internal") are prose."""
+    problems, values = [], []
+    for op, value in MATCHER.findall(text):
+        alternatives = value.split("|") if op in ("=~", "!~") else [value]
+        for alternative in alternatives:
+            values.append(alternative)
+            if alternative not in GO_CODE_NAMES:
+                problems.append(f"grpc_code{op}{value!r}: {alternative!r} is not a Go code name")
+    canonical = {name.lower(): name for name in GO_CODE_NAMES} | {"cancelled": "Canceled"}
+    for word in WORD.findall(text):
+        folded = word.lower().replace("_", "")
+        if folded not in canonical or word == canonical[folded]:
+            continue
+        if word.islower() and folded != "cancelled":
+            continue
+        problems.append(f"{word!r} (Go spells it {canonical[folded]!r})")
+    return problems, values
+
+
+def test_go_code_names_match_grpc_numbering() -> None:
+    import grpc
+
+    for status in grpc.StatusCode:
+        number, _description = status.value
+        camel = "".join(part.capitalize() for part in status.name.split("_"))
+        # Python (like C core) spells 1 CANCELLED; Go, and so grpc_code, Canceled.
+        assert GO_CODE_NAMES[number] == {"Ok": "OK", "Cancelled": "Canceled"}.get(camel, camel), status
+    assert len(GO_CODE_NAMES) == len(grpc.StatusCode)
+
+
+def test_grpc_code_spelling_check_catches_non_go_spellings() -> None:
+    for bad in (
+        'rate(grpc_server_handled_total{grpc_code="Cancelled"}[5m])',
+        'grpc_code=~"Unknown|CANCELLED"',
+        'grpc_code!~\\"OK|cancelled\\"',
+        "a client that gave up shows as Cancelled",
+        "refused with RESOURCE_EXHAUSTED",
+        'grpc_code="deadline_exceeded"',
+    ):
+        assert grpc_code_problems(bad)[0], bad
+    for good in ('grpc_code!~"OK|Canceled"', "an unknown reason, internal use", 'grpc_code="ResourceExhausted"'):
+        assert not grpc_code_problems(good)[0], good
+
+
+def test_every_grpc_code_is_spelled_as_go_spells_it() -> None:
+    problems, values = [], []
+    for path in CODE_SOURCES:
+        if not path.is_file():
+            continue
+        found, matched = grpc_code_problems(path.read_text())
+        problems += [f"{path.relative_to(ROOT)}: {p}" for p in found]
+        values += matched
+    assert not problems, "\n".join(problems)
+    # The scan did see the matchers: the error-ratio alert's codes, the panels' exclusions.
+    assert {"OK", "Canceled", "Internal", "DeadlineExceeded", "ResourceExhausted"} <= set(values), sorted(set(values))

@@ -455,7 +455,9 @@ def firing_expr(stack: Stack, alert: str) -> list[dict]:
 def test_rows_rejected_alerts_see_the_bad_input(stack: Stack) -> None:
     # The three bad RPCs: each service counted one rejection (an empty song_id, an empty batch,
     # users before candidates).
-    rejected = {r["metric"]["service"]: r["metric"]["reason"] for r in firing_expr(stack, "MusicAnalyticsRowsRejected")}
+    rejected = {
+        r["metric"]["service"]: r["metric"]["reason"] for r in firing_expr(stack, "MusicAnalyticsCallsRejected")
+    }
     assert rejected == {"mapreduce": "empty_field", "userbehavior": "invalid_batch", "recommendation": "invalid_batch"}
     # 50 bad rows out of 2050 read: 2.4% > 1%.
     (client,) = firing_expr(stack, "MusicAnalyticsClientRowsRejected")
