@@ -27,12 +27,30 @@ def _string_array_message(arr: pa.Array) -> events_pb2.StringArray:
 def _dictionary_column(column: pa.ChunkedArray | pa.Array) -> events_pb2.DictionaryColumn:
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
-    # Columns from the fast CSV path arrive dictionary-encoded by the parser already.
-    encoded = column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
+    if pa.types.is_dictionary(column.type):
+        # Columns from the fast CSV path arrive dictionary-encoded by the parser already.
+        dictionary, idx = _compact(column.dictionary, column.indices.to_numpy())
+    else:
+        encoded = pc.dictionary_encode(column)
+        dictionary, idx = encoded.dictionary, encoded.indices.to_numpy()
     return events_pb2.DictionaryColumn(
-        dictionary=_string_array_message(encoded.dictionary),
-        indices=encoded.indices.to_numpy().astype("<u4", copy=False).tobytes(),
+        dictionary=_string_array_message(dictionary),
+        indices=idx.astype("<u4", copy=False).tobytes(),
     )
+
+
+def _compact(dictionary: pa.Array, idx: np.ndarray) -> tuple[pa.Array, np.ndarray]:
+    """Only the dictionary entries some row uses, indices renumbered to match.
+
+    A slice or a shard of a parsed block keeps the whole block's dictionary; the services refuse
+    a dictionary with more entries than rows, and entries no row uses are bytes sent for nothing.
+    """
+    used = np.zeros(len(dictionary), dtype=bool)
+    used[idx] = True
+    if used.all():
+        return dictionary, idx
+    renumbered = np.cumsum(used, dtype=np.int32) - 1
+    return dictionary.filter(pa.array(used)), renumbered[idx]
 
 
 ALL_COLUMNS = (*STRING_COLUMNS, "duration")

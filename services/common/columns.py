@@ -22,11 +22,19 @@ class InvalidBatchError(ValueError):
         self.reason = reason
 
 
-def string_array(offsets: bytes, data: bytes, what: str) -> pa.Array:
-    """Rebuild a UTF-8 string array from its offsets (int32 LE) and data buffers, validating both."""
+def string_array(offsets: bytes, data: bytes, what: str, max_count: int) -> pa.Array:
+    """Rebuild a UTF-8 string array of at most ``max_count`` strings from its offsets (int32 LE)
+    and data buffers, validating both: offsets non-negative, monotonic and within ``data``, every
+    string valid UTF-8."""
     if len(offsets) % 4 or len(offsets) < 4:
         raise InvalidBatchError(f"{what}: offsets must hold count+1 int32 values, got {len(offsets)} bytes")
     count = len(offsets) // 4 - 1
+    if count > max_count:
+        # Checked before the strings are: a dictionary larger than its batch cannot be all used,
+        # and its size, not the batch's, would set the cost of validating and mapping it.
+        raise InvalidBatchError(
+            f"{what}: {count} entries for {max_count} rows; a dictionary may hold only strings its rows use"
+        )
     try:
         arr = pa.Array.from_buffers(pa.string(), count, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
         arr.validate(full=True)
@@ -56,6 +64,7 @@ def drop_unused(dictionary: pa.Array, idx: np.ndarray) -> tuple[pa.Array, np.nda
 
 
 def uint32_column(raw: bytes, rows: int, what: str) -> np.ndarray:
+    """Decode exactly ``rows`` uint32 LE values."""
     if len(raw) != rows * 4:
         raise InvalidBatchError(f"{what}: expected {rows} uint32 values ({rows * 4} bytes), got {len(raw)} bytes")
     return np.frombuffer(raw, dtype="<u4")
@@ -120,6 +129,11 @@ class PendingBatches:
         items, self.items, self.rows = self.items, [], 0
         return items
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the pending arrays (tuples of Arrow and numpy arrays)."""
+        return sum(getattr(part, "nbytes", 0) for item in self.items for part in item)
+
 
 # Counts per key are uint32: half the memory of int64 for millions of (user, artist) pairs.
 # One key would need over four billion occurrences in one call to overflow.
@@ -159,6 +173,11 @@ class KeyCounter:
 
     def __len__(self) -> int:
         return sum(len(keys) for keys, _ in self.merged())
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the runs and the keys not yet sorted into one."""
+        return sum(k.nbytes + c.nbytes for k, c in self._runs) + sum(p.nbytes for p in self._pending)
 
     def _seal(self) -> None:
         if not self._pending:

@@ -16,9 +16,11 @@ from music_analytics.services.common.columns import (
     string_array,
     uint32_column,
 )
+from music_analytics.services.common.contract import MAX_BATCH_ROWS
 
 # Columns each service reads; the others may be absent from what it is sent.
 USER, SONG, ARTIST, DURATION = "user_id", "song_id", "artist", "duration"
+STRING_COLUMNS = (USER, SONG, ARTIST)
 
 
 @dataclass(frozen=True)
@@ -35,42 +37,62 @@ class EventColumns:
 
 
 def decode_chunk(chunk: events_pb2.EventChunk, needed: tuple[str, ...]) -> EventColumns:
-    """The ``needed`` columns of one stream message; raises InvalidBatchError saying what is wrong."""
+    """The ``needed`` columns of one stream message; raises InvalidBatchError saying what is wrong,
+    its message starting with the field at fault (``artist.indices: ...``).
+
+    A message is checked whole, whichever columns this service reads: one that is invalid
+    anywhere is refused. A batch: ``num_rows`` between 1 and MAX_BATCH_ROWS; every column it
+    carries (and every column needed) exactly ``num_rows`` rows; each dictionary at most
+    ``num_rows`` entries, its offsets non-negative, monotonic and within its data, its strings
+    valid UTF-8 and not empty, every index below its size. Records: between 1 and MAX_BATCH_ROWS
+    events, none with an empty string field.
+    """
     kind = chunk.WhichOneof("payload")
     if kind == "batch":
         return _decode_batch(chunk.batch, needed)
     if kind == "records":
         return _decode_records(chunk.records, needed)
-    raise InvalidBatchError("message carries no events: set `batch` or `records`")
+    raise InvalidBatchError("payload: the message carries no events; set `batch` or `records`")
 
 
 def _decode_batch(batch: events_pb2.EventBatch, needed: tuple[str, ...]) -> EventColumns:
     rows = batch.num_rows
     if rows == 0:
-        raise InvalidBatchError("empty batch: num_rows is 0")
+        raise InvalidBatchError("num_rows: 0, an empty batch")
+    if rows > MAX_BATCH_ROWS:
+        raise InvalidBatchError(f"num_rows: {rows} exceeds the limit of {MAX_BATCH_ROWS} per message", "out_of_range")
     columns = {}
-    for name in needed:
-        if name == DURATION:
-            continue
+    for name in STRING_COLUMNS:
         if not batch.HasField(name):
-            raise InvalidBatchError(f"batch lacks column {name!r}")
-        column = getattr(batch, name)
-        dictionary = string_array(column.dictionary.offsets, column.dictionary.data, f"{name}.dictionary")
-        if pc.any(pc.equal(pc.binary_length(dictionary), 0)).as_py():
-            raise InvalidBatchError(f"{name}.dictionary holds an empty string; {name} must not be empty", "empty_field")
-        idx = indices(column.indices, rows, len(dictionary), f"{name}.indices")
-        columns[name] = DictColumn(*drop_unused(dictionary, idx))
-    duration = uint32_column(batch.duration, rows, "duration") if DURATION in needed else None
-    return EventColumns(rows, columns, duration)
+            if name in needed:
+                raise InvalidBatchError(f"{name}: column missing from the batch")
+            continue
+        dictionary, idx = _dictionary_column(getattr(batch, name), rows, name)
+        if name in needed:
+            columns[name] = DictColumn(*drop_unused(dictionary, idx))
+    # proto3 cannot tell an absent bytes field from an empty one: no durations is absent.
+    duration = uint32_column(batch.duration, rows, DURATION) if batch.duration or DURATION in needed else None
+    return EventColumns(rows, columns, duration if DURATION in needed else None)
+
+
+def _dictionary_column(column: events_pb2.DictionaryColumn, rows: int, name: str) -> tuple[pa.Array, np.ndarray]:
+    dictionary = string_array(column.dictionary.offsets, column.dictionary.data, f"{name}.dictionary", rows)
+    if pc.any(pc.equal(pc.binary_length(dictionary), 0)).as_py():
+        raise InvalidBatchError(f"{name}.dictionary: holds an empty string; {name} must not be empty", "empty_field")
+    return dictionary, indices(column.indices, rows, len(dictionary), f"{name}.indices")
 
 
 def _decode_records(records: events_pb2.PlayEvents, needed: tuple[str, ...]) -> EventColumns:
     events = records.events
     if not events:
-        raise InvalidBatchError("empty records: no events")
+        raise InvalidBatchError("records.events: none, empty records")
+    if len(events) > MAX_BATCH_ROWS:
+        raise InvalidBatchError(
+            f"records.events: {len(events)} events exceed the limit of {MAX_BATCH_ROWS} per message", "out_of_range"
+        )
     # A record is checked whole, whichever columns this service reads: it is invalid anywhere.
     for i, event in enumerate(events):
-        for name in (USER, SONG, ARTIST):
+        for name in STRING_COLUMNS:
             if not getattr(event, name):
                 raise InvalidBatchError(f"records.events[{i}].{name} is empty", "empty_field")
     columns = {}
