@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-import urllib.request
-
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from music_analytics.api import mapreduce_pb2, mapreduce_pb2_grpc
-from music_analytics.client.demo import ServiceProcess
 from music_analytics.client.encoding import encode_batch
-from tests.test_rpc_errors import good_table
-
-
-def scrape(process: ServiceProcess) -> dict[tuple[str, tuple], float]:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{process.metrics_port}/metrics", timeout=10).read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(body)
-        for s in family.samples
-    }
-
-
-def value(samples: dict, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
+from tests.support.events import good_table
+from tests.support.metrics import scrape, value
 
 MR = {"grpc_type": "client_stream", "grpc_service": "music.v1.MapReduceService", "grpc_method": "CountPlays"}
 
@@ -60,5 +43,5 @@ def test_handled_total_counts_the_calls_just_made(services):
                  grpc_method="Check", grpc_code="OK") == 1  # fmt: skip
     assert delta("music_analytics_events_processed_total", service="mapreduce") == 24
     assert delta("music_analytics_batches_received_total", service="mapreduce") == 6
-    assert delta("music_analytics_rows_rejected_total", service="mapreduce", reason="invalid_batch") == 1
+    assert delta("music_analytics_calls_rejected_total", service="mapreduce", reason="invalid_batch") == 1
     assert value(after, "process_resident_memory_bytes") > 0

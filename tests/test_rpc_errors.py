@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import grpc
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from music_analytics.api import events_pb2, mapreduce_pb2, mapreduce_pb2_grpc, userbehavior_pb2, userbehavior_pb2_grpc
 from music_analytics.client.encoding import encode_batch
-
-
-def good_table(rows: int = 3) -> pa.Table:
-    return pa.table({
-        "user_id": [f"u{i}" for i in range(rows)], "song_id": ["s"] * rows, "artist": ["A"] * rows,
-        "duration": pa.array([1] * rows, type=pa.uint32()),
-    })  # fmt: skip
+from tests.support.events import good_table
 
 
 def batch_request(**changes) -> mapreduce_pb2.CountPlaysRequest:

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from music_analytics.api import mapreduce_pb2, mapreduce_pb2_grpc
 from music_analytics.client.demo import start_service
 from music_analytics.client.encoding import encode_batch
-from tests.test_rpc_errors import good_table
+from tests.support.events import good_table
 
 
 def test_sigterm_drains_in_flight_stream(tmp_path):

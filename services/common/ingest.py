@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 import grpc
 
 from music_analytics.api import events_pb2
 from music_analytics.services.common.columns import InvalidBatchError
+from music_analytics.services.common.config import CallLimits
+from music_analytics.services.common.contract import MAX_TOP_N
 from music_analytics.services.common.events import EventColumns, decode_chunk
 from music_analytics.services.common.metrics import ServiceMetrics
-
-MAX_TOP = 10_000
 
 
 class EventRequest(Protocol):
@@ -24,14 +23,43 @@ class EventRequest(Protocol):
     top_n: int
 
 
-@contextmanager
-def inflight(metrics: ServiceMetrics) -> Iterator[None]:
-    gauge = metrics.inflight.labels(metrics.service)
-    gauge.inc()
-    try:
-        yield
-    finally:
-        gauge.dec()
+class CallState(Protocol):
+    """What a call accumulates; ``nbytes`` is the memory it holds (see the README's "Memory")."""
+
+    @property
+    def nbytes(self) -> int: ...
+
+
+def refuse(
+    context: grpc.ServicerContext,
+    metrics: ServiceMetrics,
+    reason: str,
+    message: str,
+    code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT,
+) -> NoReturn:
+    """Count the refusal by ``reason`` and end the call with ``code`` and ``message``."""
+    metrics.reject(reason)
+    context.abort(code, message)
+    raise AssertionError("abort returns only outside a call")  # for type checkers: abort raises
+
+
+def check_bound(context: grpc.ServicerContext, metrics: ServiceMetrics, field: str, value: int, bound: int) -> None:
+    if value > bound:
+        refuse(context, metrics, "out_of_range", f"{field} is {value}; the most allowed is {bound}")
+
+
+def check_memory(context: grpc.ServicerContext, metrics: ServiceMetrics, state: CallState, limits: CallLimits) -> None:
+    held = state.nbytes
+    if held > limits.max_call_bytes:
+        refuse(
+            context,
+            metrics,
+            "memory_limit",
+            f"this call's state holds {held / 2**20:.0f} MiB, over the per-call limit of "
+            f"{limits.max_call_bytes / 2**20:.0f} MiB ({limits.source}). Its size grows with the distinct keys "
+            "sent in one call; split the input across calls or replicas, or raise the limit",
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        )
 
 
 def ingest(
@@ -41,25 +69,26 @@ def ingest(
     needed: tuple[str, ...],
     add: Callable[[EventColumns], None],
     default_top: int,
+    state: CallState,
+    limits: CallLimits,
 ) -> int:
     """Decode every stream message into ``needed`` columns and pass it to ``add``.
 
-    Returns the ``top_n`` the first message asked for. Bad input aborts the call with
-    INVALID_ARGUMENT naming the message and the problem, and is counted by reason.
+    Returns the ``top_n`` the first message asked for. Bad input ends the call with
+    INVALID_ARGUMENT naming the message and the problem; state past ``limits`` ends it with
+    RESOURCE_EXHAUSTED. Every refusal is counted by reason.
     """
-    service = metrics.service
     top_n = None
     for index, request in enumerate(requests):
         if top_n is None:
+            check_bound(context, metrics, "top_n", request.top_n, MAX_TOP_N)
             top_n = request.top_n or default_top
-            if top_n > MAX_TOP:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"top_n {top_n} exceeds {MAX_TOP}")
         try:
             batch = decode_chunk(request.events, needed)
         except InvalidBatchError as exc:
-            metrics.rejected.labels(service, exc.reason).inc()
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"message {index}: {exc}")
+            refuse(context, metrics, exc.reason, f"message {index}: {exc}")
         start = time.perf_counter()
         add(batch)
         metrics.batch_done(batch.rows, time.perf_counter() - start)
+        check_memory(context, metrics, state, limits)
     return top_n or default_top

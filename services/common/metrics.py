@@ -7,9 +7,6 @@ pre-created at zero so panels never show "No data" before the first call.
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -23,16 +20,52 @@ from prometheus_client import (
     ProcessCollector,
 )
 
-# Codes are reported in CamelCase, as Go's codes.Code.String() does.
-_CODE_NAMES = {code: "".join(part.capitalize() for part in code.name.split("_")) for code in grpc.StatusCode}
-_CODE_NAMES[grpc.StatusCode.OK] = "OK"
+# Codes as go-grpc-middleware reports them: Go's codes.Code.String(). Spelled out, not derived
+# from Python's names, because Go writes CANCELLED as "Canceled".
+CODE_NAMES = {
+    grpc.StatusCode.OK: "OK",
+    grpc.StatusCode.CANCELLED: "Canceled",
+    grpc.StatusCode.UNKNOWN: "Unknown",
+    grpc.StatusCode.INVALID_ARGUMENT: "InvalidArgument",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "DeadlineExceeded",
+    grpc.StatusCode.NOT_FOUND: "NotFound",
+    grpc.StatusCode.ALREADY_EXISTS: "AlreadyExists",
+    grpc.StatusCode.PERMISSION_DENIED: "PermissionDenied",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "ResourceExhausted",
+    grpc.StatusCode.FAILED_PRECONDITION: "FailedPrecondition",
+    grpc.StatusCode.ABORTED: "Aborted",
+    grpc.StatusCode.OUT_OF_RANGE: "OutOfRange",
+    grpc.StatusCode.UNIMPLEMENTED: "Unimplemented",
+    grpc.StatusCode.INTERNAL: "Internal",
+    grpc.StatusCode.UNAVAILABLE: "Unavailable",
+    grpc.StatusCode.DATA_LOSS: "DataLoss",
+    grpc.StatusCode.UNAUTHENTICATED: "Unauthenticated",
+}
+# Pre-created for every method: the codes this service's own paths produce.
+EXPECTED_CODES = (
+    grpc.StatusCode.OK,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+)
 
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 BATCH_SIZE_BUCKETS = (1, 10, 100, 1_000, 4_096, 16_384, 32_768, 65_536, 131_072)
 
-# Why a service refused stream input. (Messages over the size limit are refused by gRPC before
-# any handler runs: they show as grpc_code="ResourceExhausted" in grpc_server_handled_total.)
-REJECT_REASONS = ("empty_field", "invalid_batch")
+# Why a service refused a call. Each refusal ends its call, so calls are what is counted.
+# (Messages over the size limit are refused by gRPC before any handler runs: they show only
+# as grpc_code="ResourceExhausted" in grpc_server_handled_total.)
+REJECT_REASONS = (
+    "empty_field",  # an event with an empty user_id, song_id or artist
+    "invalid_batch",  # a message that does not describe valid events
+    "out_of_range",  # a request field past its bound (top_n, trending_n, candidates, rows)
+    "memory_limit",  # the call's state outgrew the per-call memory limit
+    "over_capacity",  # more application calls at once than --max-streams
+)
 
 
 def grpc_type(request_streaming: bool, response_streaming: bool) -> str:
@@ -47,7 +80,7 @@ def grpc_type(request_streaming: bool, response_streaming: bool) -> str:
 
 
 def code_name(code: grpc.StatusCode | None) -> str:
-    return _CODE_NAMES[code or grpc.StatusCode.OK]
+    return CODE_NAMES[code or grpc.StatusCode.OK]
 
 
 class ServiceMetrics:
@@ -106,8 +139,8 @@ class ServiceMetrics:
             registry=r,
         )
         self.rejected = Counter(
-            "music_analytics_rows_rejected_total",
-            "Events or batches refused as invalid, by reason.",
+            "music_analytics_calls_rejected_total",
+            "Calls refused by the service, by reason; a refusal ends the call.",
             ("service", "reason"),
             registry=r,
         )
@@ -135,6 +168,10 @@ class ServiceMetrics:
         for reason in REJECT_REASONS:
             self.rejected.labels(service, reason)
 
+    def reject(self, reason: str) -> None:
+        """Count one refused call."""
+        self.rejected.labels(self.service, reason).inc()
+
     def batch_done(self, rows: int, seconds: float) -> None:
         """Record one stream message of ``rows`` items that took ``seconds`` to aggregate."""
         self.aggregation.labels(self.service).observe(seconds)
@@ -152,126 +189,5 @@ class ServiceMetrics:
             )
             for metric in (self.started, self.msg_received, self.msg_sent, self.handling):
                 metric.labels(*labels)
-            for code in (
-                "OK",
-                "InvalidArgument",
-                "ResourceExhausted",
-                "Internal",
-                "Cancelled",
-                "Unavailable",
-            ):
-                self.handled.labels(*labels, code)
-
-
-class MetricsInterceptor(grpc.ServerInterceptor):
-    """Records the standard gRPC server metrics for every call."""
-
-    def __init__(self, metrics: ServiceMetrics) -> None:
-        self.m = metrics
-        self._active = 0
-        self._lock = threading.Lock()
-
-    @property
-    def active_calls(self) -> int:
-        """Application calls in progress (health and reflection excluded): what shutdown waits for."""
-        return self._active
-
-    def _track(self, delta: int) -> None:
-        with self._lock:
-            self._active += delta
-
-    def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails):
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        full = handler_call_details.method.lstrip("/")
-        service, _, method = full.rpartition("/")
-        if service.startswith("grpc.reflection."):
-            # Reflection streams stay open for a whole grpcurl session; they are tooling, not traffic.
-            return handler
-        application = not service.startswith("grpc.health.")
-        labels = (grpc_type(handler.request_streaming, handler.response_streaming), service, method)
-        m = self.m
-
-        def count_in(requests: Iterator) -> Iterator:
-            counter = m.msg_received.labels(*labels)
-            for request in requests:
-                counter.inc()
-                yield request
-
-        def finish(context: grpc.ServicerContext, start: float, error: BaseException | None) -> None:
-            code = context.code() if hasattr(context, "code") else None
-            if error is not None and code in (None, grpc.StatusCode.OK):
-                code = grpc.StatusCode.UNKNOWN
-            m.handled.labels(*labels, code_name(code)).inc()
-            m.handling.labels(*labels).observe(time.perf_counter() - start)
-
-        def wrap(behavior: Callable) -> Callable:
-            def unary_result(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
-                if application:
-                    self._track(1)
-                try:
-                    return counted_unary(request_or_iterator, context)
-                finally:
-                    if application:
-                        self._track(-1)
-
-            def counted_unary(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
-                start = time.perf_counter()
-                m.started.labels(*labels).inc()
-                if handler.request_streaming:
-                    request_or_iterator = count_in(request_or_iterator)
-                else:
-                    m.msg_received.labels(*labels).inc()
-                try:
-                    result = behavior(request_or_iterator, context)
-                except BaseException as exc:
-                    finish(context, start, exc)
-                    raise
-                m.msg_sent.labels(*labels).inc()
-                finish(context, start, None)
-                return result
-
-            def stream_result(request_or_iterator: Any, context: grpc.ServicerContext) -> Iterator:
-                if application:
-                    self._track(1)
-                try:
-                    yield from counted_stream(request_or_iterator, context)
-                finally:
-                    if application:
-                        self._track(-1)
-
-            def counted_stream(request_or_iterator: Any, context: grpc.ServicerContext) -> Iterator:
-                start = time.perf_counter()
-                m.started.labels(*labels).inc()
-                if handler.request_streaming:
-                    request_or_iterator = count_in(request_or_iterator)
-                else:
-                    m.msg_received.labels(*labels).inc()
-                sent = m.msg_sent.labels(*labels)
-                try:
-                    for response in behavior(request_or_iterator, context):
-                        sent.inc()
-                        yield response
-                except BaseException as exc:
-                    finish(context, start, exc)
-                    raise
-                finish(context, start, None)
-
-            return stream_result if handler.response_streaming else unary_result
-
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                wrap(handler.unary_unary), handler.request_deserializer, handler.response_serializer
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                wrap(handler.unary_stream), handler.request_deserializer, handler.response_serializer
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                wrap(handler.stream_unary), handler.request_deserializer, handler.response_serializer
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            wrap(handler.stream_stream), handler.request_deserializer, handler.response_serializer
-        )
+            for code in EXPECTED_CODES:
+                self.handled.labels(*labels, code_name(code))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -20,67 +20,65 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from music_analytics.services.common import logging as json_logging
-from music_analytics.services.common.metrics import MetricsInterceptor, ServiceMetrics
+from music_analytics.services.common.config import SETTINGS, CallLimits, ConfigError, ServerConfig
+from music_analytics.services.common.contract import HEALTH_SERVICE, ServiceContract
+from music_analytics.services.common.interceptor import CallInterceptor
+from music_analytics.services.common.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
-# A 64k-row batch with long strings stays under ~4 MB; 16 MB leaves room without inviting abuse.
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# Threads beyond the application streams: health checks and refusals must always find one
+# free, whatever the streams are doing (a probe that times out restarts the pod mid-run).
+RESERVED_THREADS = 6
+# Reflection streams last a whole grpcurl session; a few at once is all tooling needs.
+MAX_REFLECTION_STREAMS = 2
+
+
+class StartError(OSError):
+    """The service could not start (a port in use, say); the message says which and why."""
 
 
 @dataclass(frozen=True)
 class ServiceSpec:
-    """What is particular to one service: its name, default ports and how to attach its servicer."""
+    """What is particular to one service: its contract and how to attach its servicer."""
 
-    name: str  # short name used on the command line and in logs: "mapreduce"
-    descriptor: Any  # protobuf ServiceDescriptor
-    grpc_port: int
-    metrics_port: int
-    # Called with the server and the service's metrics; adds the servicer to the server.
-    attach: Callable[[grpc.Server, ServiceMetrics], None]
+    contract: ServiceContract
+    # Adds the servicer to the server, given the service's metrics and per-call limits.
+    attach: Callable[[grpc.Server, ServiceMetrics, CallLimits], None]
+
+    @property
+    def name(self) -> str:
+        return self.contract.name
+
+    @property
+    def descriptor(self) -> Any:
+        return self.contract.descriptor
 
     @property
     def full_name(self) -> str:
-        return self.descriptor.full_name
+        return self.contract.full_name
+
+    @property
+    def grpc_port(self) -> int:
+        return self.contract.grpc_port
+
+    @property
+    def metrics_port(self) -> int:
+        return self.contract.metrics_port
 
 
-@dataclass(frozen=True)
-class ServerConfig:
-    host: str = "[::]"
-    grpc_port: int = 0
-    metrics_port: int = 0
-    grace_seconds: float = 30.0
-    drain_seconds: float = 10.0
-    # Kubernetes removes a terminating pod from Endpoints asynchronously: kube-proxy rules, DNS
-    # answers and clients' connection pools still send it new calls for a few seconds after
-    # SIGTERM. Serving them (health NOT_SERVING) for this long turns them into answers, not errors.
-    shutdown_delay_seconds: float = 5.0
-    workers: int = 16
-    max_message_bytes: int = MAX_MESSAGE_BYTES
-    log_level: str = "info"
-
-    @classmethod
-    def from_env(cls, spec: ServiceSpec, **overrides: Any) -> ServerConfig:
-        """Flags (``overrides``, None meaning unset) win over environment, which wins over defaults.
-
-        Environment names carry a MUSIC_ANALYTICS_ prefix: Kubernetes injects ``<SERVICE>_PORT``
-        variables of its own into every pod, which must never be mistaken for ours.
-        """
-        env = os.environ
-        values: dict[str, Any] = {
-            "host": env.get("MUSIC_ANALYTICS_HOST", cls.host),
-            "grpc_port": int(env.get("MUSIC_ANALYTICS_GRPC_PORT", spec.grpc_port)),
-            "metrics_port": int(env.get("MUSIC_ANALYTICS_METRICS_PORT", spec.metrics_port)),
-            "grace_seconds": float(env.get("MUSIC_ANALYTICS_GRACE_SECONDS", cls.grace_seconds)),
-            "drain_seconds": float(env.get("MUSIC_ANALYTICS_DRAIN_SECONDS", cls.drain_seconds)),
-            "shutdown_delay_seconds": float(
-                env.get("MUSIC_ANALYTICS_SHUTDOWN_DELAY_SECONDS", cls.shutdown_delay_seconds)
-            ),
-            "workers": int(env.get("MUSIC_ANALYTICS_WORKERS", cls.workers)),
-            "log_level": env.get("MUSIC_ANALYTICS_LOG_LEVEL", cls.log_level),
-        }
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+def _check_port_free(host: str, port: int, what: str) -> None:
+    """Fail with one clear line if ``port`` is taken, before gRPC's C core logs its own error."""
+    if port == 0:
+        return
+    bind_host = _http_host(host)
+    family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((bind_host, port))
+        except OSError as exc:
+            raise StartError(f"cannot bind the {what} port {host}:{port}: {exc.strerror}") from None
 
 
 class RunningService:
@@ -89,14 +87,23 @@ class RunningService:
     def __init__(self, spec: ServiceSpec, config: ServerConfig) -> None:
         self.spec = spec
         self.config = config
+        for port, what in ((config.grpc_port, "gRPC"), (config.metrics_port, "metrics")):
+            _check_port_free(config.host, port, what)
+        if config.health_port:
+            _check_port_free(config.host, config.health_port, "health")
         self.metrics = ServiceMetrics(spec.name)
-        self.interceptor = MetricsInterceptor(self.metrics)
+        self.interceptor = CallInterceptor(
+            self.metrics, max_calls=config.max_streams, max_tooling_calls=MAX_REFLECTION_STREAMS
+        )
         self.health = health.HealthServicer(
             experimental_non_blocking=True,
-            experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=2),
+            experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health-watch"),
         )
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix=spec.name),
+            futures.ThreadPoolExecutor(
+                max_workers=config.max_streams + MAX_REFLECTION_STREAMS + RESERVED_THREADS,
+                thread_name_prefix=spec.name,
+            ),
             interceptors=[self.interceptor],
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -104,37 +111,60 @@ class RunningService:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        spec.attach(self.server, self.metrics)
+        spec.attach(self.server, self.metrics, config.call_limits)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (
-                spec.full_name,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            self.server,
-        )
+        reflection.enable_server_reflection((spec.full_name, HEALTH_SERVICE, reflection.SERVICE_NAME), self.server)
         self.metrics.register_methods(spec.descriptor)
         self.metrics.register_methods(health_pb2.DESCRIPTOR.services_by_name["Health"])
-        self.grpc_port = self.server.add_insecure_port(f"{config.host}:{config.grpc_port}")
-        if self.grpc_port == 0:
-            raise OSError(f"{spec.name}: cannot bind gRPC port {config.host}:{config.grpc_port}")
-        self._metrics_server, _ = start_http_server(
-            config.metrics_port, addr=_http_host(config.host), registry=self.metrics.registry
-        )
+        self.grpc_port = self._bind(self.server, config.grpc_port, config.server_credentials(), "gRPC")
+        self.health_server = None
+        self.health_port = None
+        if config.health_port is not None:
+            # A server of its own: probes reach it whatever the main port's TLS and load.
+            self.health_server = grpc.server(
+                futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"),
+                options=[("grpc.so_reuseport", 0)],
+            )
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            self.health_port = self._bind(self.health_server, config.health_port, None, "health")
+        try:
+            self._metrics_server, _ = start_http_server(
+                config.metrics_port, addr=_http_host(config.host), registry=self.metrics.registry
+            )
+        except OSError as exc:
+            raise StartError(
+                f"cannot bind the metrics port {config.host}:{config.metrics_port}: {exc.strerror}"
+            ) from None
         self.metrics_port = self._metrics_server.server_port
         self._stopped = threading.Event()
 
+    def _bind(self, server: grpc.Server, port: int, credentials: grpc.ServerCredentials | None, what: str) -> int:
+        address = f"{self.config.host}:{port}"
+        try:
+            bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        except RuntimeError:
+            bound = 0
+        if bound == 0:
+            raise StartError(f"cannot bind the {what} port {address}")
+        return bound
+
     def start(self) -> None:
         self.server.start()
+        if self.health_server is not None:
+            self.health_server.start()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.health.set(self.spec.full_name, health_pb2.HealthCheckResponse.SERVING)
+        limits = self.config.call_limits
         log.info(
             "serving",
             extra={
                 "grpc_port": self.grpc_port,
                 "metrics_port": self.metrics_port,
+                "health_port": self.health_port,
                 "grpc_service": self.spec.full_name,
+                "tls": "mutual" if self.config.tls_client_ca else bool(self.config.tls_cert),
+                "max_streams": self.config.max_streams,
+                "max_call_bytes": limits.max_call_bytes,
             },
         )
 
@@ -159,11 +189,11 @@ class RunningService:
             },
         )
         self.health.enter_graceful_shutdown()
-        time.sleep(max(self.config.shutdown_delay_seconds, 0.0))
-        deadline = time.monotonic() + self.config.drain_seconds
-        while self.interceptor.active_calls and time.monotonic() < deadline:
-            time.sleep(0.05)
+        time.sleep(self.config.shutdown_delay_seconds)
+        self.interceptor.idle.wait(self.config.drain_seconds)
         self.server.stop(self.config.grace_seconds).wait()
+        if self.health_server is not None:
+            self.health_server.stop(0).wait()
         self._metrics_server.shutdown()
         log.info("stopped")
 
@@ -176,7 +206,7 @@ def _http_host(grpc_host: str) -> str:
 
 
 def serve(spec: ServiceSpec, config: ServerConfig) -> None:
-    """Run ``spec`` until SIGTERM or SIGINT, then shut down gracefully."""
+    """Run ``spec`` until SIGTERM or SIGINT, then shut down gracefully. Raises StartError."""
     json_logging.configure(spec.name, config.log_level)
     service = RunningService(spec, config)
     stopping = threading.Event()
@@ -193,46 +223,35 @@ def serve(spec: ServiceSpec, config: ServerConfig) -> None:
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``serve`` command's flags (each overrides its MUSIC_ANALYTICS_* environment variable)."""
+    """The ``serve`` command's flags; each overrides its MUSIC_ANALYTICS_* environment variable.
+
+    Flags are taken as text and checked with the environment's values by ServerConfig.from_env,
+    so a bad value reads the same whichever way it came.
+    """
     from music_analytics.services.registry import SERVICES
 
     parser.add_argument("service", choices=tuple(SERVICES))
-    parser.add_argument("--host", default=None, help="address to bind (default [::], env MUSIC_ANALYTICS_HOST)")
-    parser.add_argument("--port", type=int, default=None, help="gRPC port (env MUSIC_ANALYTICS_GRPC_PORT)")
-    parser.add_argument(
-        "--metrics-port", type=int, default=None, help="Prometheus /metrics port (env MUSIC_ANALYTICS_METRICS_PORT)"
-    )
-    parser.add_argument(
-        "--grace-seconds",
-        type=float,
-        default=None,
-        help="how long in-flight calls may finish after SIGTERM (env MUSIC_ANALYTICS_GRACE_SECONDS)",
-    )
-    parser.add_argument(
-        "--shutdown-delay-seconds",
-        type=float,
-        default=None,
-        help="after SIGTERM, keep accepting calls this long with health NOT_SERVING, so the cluster stops "
-        "routing to us first (default 5; env MUSIC_ANALYTICS_SHUTDOWN_DELAY_SECONDS)",
-    )
+    for setting in SETTINGS:
+        if setting.flag:
+            parser.add_argument(
+                setting.flag,
+                dest=setting.field,
+                default=None,
+                metavar="VALUE",
+                help=f"{setting.help} (env {setting.env})",
+            )
 
 
 def serve_from_args(args: argparse.Namespace) -> int:
-    """Run the service ``args`` name until a signal; the exit code of ``music-analytics serve``."""
+    """Run the service ``args`` names until a signal; the exit code of ``music-analytics serve``:
+    2 for a setting it cannot use or a port it cannot bind (one line on stderr), else 0."""
     from music_analytics.services.registry import SERVICES
 
     spec = SERVICES[args.service]
-    config = ServerConfig.from_env(
-        spec,
-        host=args.host,
-        grpc_port=args.port,
-        metrics_port=args.metrics_port,
-        grace_seconds=args.grace_seconds,
-        shutdown_delay_seconds=args.shutdown_delay_seconds,
-    )
     try:
+        config = ServerConfig.from_env(spec.contract, {s.field: getattr(args, s.field) for s in SETTINGS if s.flag})
         serve(spec, config)
-    except OSError as exc:
+    except (ConfigError, StartError) as exc:
         print(f"music-analytics serve {args.service}: {exc}", file=sys.stderr)
-        return 1
+        return 2
     return 0

@@ -10,8 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from music_analytics.services.common.columns import KeyCounter, PendingBatches, StringIds
-
-TOP_SONGS = 10
+from music_analytics.services.common.contract import TOP_SONGS, top_ranked
 
 
 @dataclass(frozen=True)
@@ -24,7 +23,7 @@ class SongCount:
 
 def rank_songs(songs: Iterable[SongCount], n: int) -> list[SongCount]:
     """The ``n`` most played songs; ties broken by key ascending so every run agrees."""
-    return sorted(songs, key=lambda s: (-s.plays, s.song))[:n]
+    return top_ranked(songs, n, count=lambda s: s.plays, key=lambda s: s.song)
 
 
 class PlayCounter:
@@ -47,6 +46,12 @@ class PlayCounter:
     @property
     def distinct_songs(self) -> int:
         return len(self._totals().plays)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the counts hold: the distinct strings, 12 bytes per distinct (artist, song) pair
+        in the runs, and batches waiting to be mapped."""
+        return self._artists.values.nbytes + self._song_ids.values.nbytes + self._pairs.nbytes + self._pending.nbytes
 
     def add_columns(
         self, artist_dict: pa.Array, artist_idx: np.ndarray, song_dict: pa.Array, song_idx: np.ndarray

@@ -7,16 +7,19 @@ from collections.abc import Iterator
 import grpc
 
 from music_analytics.api import mapreduce_pb2, mapreduce_pb2_grpc
+from music_analytics.services.common.config import CallLimits
+from music_analytics.services.common.contract import MAPREDUCE, TOP_SONGS
 from music_analytics.services.common.events import ARTIST, SONG, EventColumns
-from music_analytics.services.common.ingest import inflight, ingest
+from music_analytics.services.common.ingest import ingest
 from music_analytics.services.common.metrics import ServiceMetrics
 from music_analytics.services.common.server import ServiceSpec
-from music_analytics.services.mapreduce.analytics import TOP_SONGS, PlayCounter
+from music_analytics.services.mapreduce.analytics import PlayCounter
 
 
 class MapReduceServicer(mapreduce_pb2_grpc.MapReduceServiceServicer):
-    def __init__(self, metrics: ServiceMetrics) -> None:
+    def __init__(self, metrics: ServiceMetrics, limits: CallLimits) -> None:
         self.m = metrics
+        self.limits = limits
 
     def CountPlays(  # noqa: N802 (gRPC method name)
         self, request_iterator: Iterator[mapreduce_pb2.CountPlaysRequest], context: grpc.ServicerContext
@@ -27,10 +30,9 @@ class MapReduceServicer(mapreduce_pb2_grpc.MapReduceServiceServicer):
             artist, song = batch.columns[ARTIST], batch.columns[SONG]
             counter.add_columns(artist.dictionary, artist.indices, song.dictionary, song.indices)
 
-        with inflight(self.m):
-            top_n = ingest(request_iterator, context, self.m, (ARTIST, SONG), add, TOP_SONGS)
-            top = counter.top(top_n)
-            self.m.distinct_keys.labels(self.m.service, "songs").set(counter.distinct_songs)
+        top_n = ingest(request_iterator, context, self.m, (ARTIST, SONG), add, TOP_SONGS, counter, self.limits)
+        top = counter.top(top_n)
+        self.m.distinct_keys.labels(self.m.service, "songs").set(counter.distinct_songs)
         return mapreduce_pb2.CountPlaysResponse(
             top_songs=[
                 mapreduce_pb2.SongCount(song=s.song, artist=s.artist, song_id=s.song_id, plays=s.plays) for s in top
@@ -41,11 +43,8 @@ class MapReduceServicer(mapreduce_pb2_grpc.MapReduceServiceServicer):
 
 
 SPEC = ServiceSpec(
-    name="mapreduce",
-    descriptor=mapreduce_pb2.DESCRIPTOR.services_by_name["MapReduceService"],
-    grpc_port=50051,
-    metrics_port=9051,
-    attach=lambda server, metrics: mapreduce_pb2_grpc.add_MapReduceServiceServicer_to_server(
-        MapReduceServicer(metrics), server
+    MAPREDUCE,
+    attach=lambda server, metrics, limits: mapreduce_pb2_grpc.add_MapReduceServiceServicer_to_server(
+        MapReduceServicer(metrics, limits), server
     ),
 )

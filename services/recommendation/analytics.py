@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-TRENDING_SONGS = 5
+from music_analytics.services.common.contract import TRENDING_SONGS, top_ranked
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,7 @@ class Candidate:
 
 def trending(candidates: Iterable[Candidate], n: int = TRENDING_SONGS) -> list[Candidate]:
     """The ``n`` most played songs; ties by key ascending."""
-    return sorted(candidates, key=lambda c: (-c.plays, c.song))[:n]
+    return top_ranked(candidates, n, count=lambda c: c.plays, key=lambda c: c.song)
 
 
 class Recommender:

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from music_analytics.services.common.columns import KeyCounter, PendingBatches, StringIds
+from music_analytics.services.common.contract import TOP_USERS, top_ranked
 
-TOP_USERS = 5
 _ARTIST_BITS = 32
 
 
@@ -27,7 +27,7 @@ class UserColumns:
 
 def rank_users(users: Iterable[tuple[str, int]], n: int) -> list[tuple[str, int]]:
     """The ``n`` users with the highest total time; ties by user_id ascending."""
-    return sorted(users, key=lambda u: (-u[1], u[0]))[:n]
+    return top_ranked(users, n, count=lambda u: u[1], key=lambda u: u[0])
 
 
 class UserStats:
@@ -56,6 +56,13 @@ class UserStats:
     def distinct_artists(self) -> int:
         self._flush()
         return len(self._artists)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the statistics hold: the distinct strings, 16 bytes per user, 12 per distinct
+        (user, artist) pair in the runs, and batches waiting to be mapped."""
+        strings = self._users.values.nbytes + self._artists.values.nbytes
+        return strings + self._time.nbytes + self._plays.nbytes + self._pairs.nbytes + self._pending.nbytes
 
     @property
     def distinct_pairs(self) -> int:
@@ -165,4 +172,4 @@ class UserStats:
         return rank_users(((name, int(times[i])) for name, i in zip(names, candidates, strict=True)), n)
 
 
-__all__ = ["TOP_USERS", "UserColumns", "UserStats", "rank_users"]
+__all__ = ["UserColumns", "UserStats", "rank_users"]

@@ -8,19 +8,19 @@ from collections.abc import Iterator
 import grpc
 
 from music_analytics.api import userbehavior_pb2, userbehavior_pb2_grpc
+from music_analytics.services.common.config import CallLimits
+from music_analytics.services.common.contract import TOP_USERS, USERBEHAVIOR, USERS_PER_MESSAGE
 from music_analytics.services.common.events import ARTIST, DURATION, USER, EventColumns
-from music_analytics.services.common.ingest import inflight, ingest
+from music_analytics.services.common.ingest import ingest
 from music_analytics.services.common.metrics import ServiceMetrics
 from music_analytics.services.common.server import ServiceSpec
-from music_analytics.services.userbehavior.analytics import TOP_USERS, UserStats
-
-# Users per response message: keeps each message far below the 4 MB default limit.
-USERS_PER_MESSAGE = 20_000
+from music_analytics.services.userbehavior.analytics import UserStats
 
 
 class UserBehaviorServicer(userbehavior_pb2_grpc.UserBehaviorServiceServicer):
-    def __init__(self, metrics: ServiceMetrics) -> None:
+    def __init__(self, metrics: ServiceMetrics, limits: CallLimits) -> None:
         self.m = metrics
+        self.limits = limits
 
     def AnalyzeUsers(  # noqa: N802 (gRPC method name)
         self, request_iterator: Iterator[userbehavior_pb2.AnalyzeUsersRequest], context: grpc.ServicerContext
@@ -32,40 +32,36 @@ class UserBehaviorServicer(userbehavior_pb2_grpc.UserBehaviorServiceServicer):
             user, artist = batch.columns[USER], batch.columns[ARTIST]
             stats.add_columns(user.dictionary, user.indices, artist.dictionary, artist.indices, batch.duration)
 
-        with inflight(self.m):
-            top_n = ingest(request_iterator, context, self.m, (USER, ARTIST, DURATION), add, TOP_USERS)
-            start = time.perf_counter()
-            counts = {"events_processed": stats.events, "distinct_users": stats.distinct_users}
-            for chunk in stats.summaries(USERS_PER_MESSAGE):
-                yield userbehavior_pb2.AnalyzeUsersResponse(
-                    users=userbehavior_pb2.UserSummaries(
-                        user_ids=chunk.user_ids,
-                        total_time=chunk.total_time,
-                        top_artist=chunk.top_artist,
-                        plays=chunk.plays,
-                    ),
-                    **counts,
-                )
-            top = stats.top_users(top_n)
-            self.m.aggregation.labels(service).observe(time.perf_counter() - start)
-            for kind, value in (
-                ("users", stats.distinct_users),
-                ("artists", stats.distinct_artists),
-                ("user_artist_pairs", stats.distinct_pairs),
-            ):
-                self.m.distinct_keys.labels(service, kind).set(value)
+        top_n = ingest(request_iterator, context, self.m, (USER, ARTIST, DURATION), add, TOP_USERS, stats, self.limits)
+        start = time.perf_counter()
+        counts = {"events_processed": stats.events, "distinct_users": stats.distinct_users}
+        for chunk in stats.summaries(USERS_PER_MESSAGE):
             yield userbehavior_pb2.AnalyzeUsersResponse(
-                top_users=userbehavior_pb2.UserTotals(user_ids=[u for u, _ in top], total_time=[t for _, t in top]),
+                users=userbehavior_pb2.UserSummaries(
+                    user_ids=chunk.user_ids,
+                    total_time=chunk.total_time,
+                    top_artist=chunk.top_artist,
+                    plays=chunk.plays,
+                ),
                 **counts,
             )
+        top = stats.top_users(top_n)
+        self.m.aggregation.labels(service).observe(time.perf_counter() - start)
+        for kind, value in (
+            ("users", stats.distinct_users),
+            ("artists", stats.distinct_artists),
+            ("user_artist_pairs", stats.distinct_pairs),
+        ):
+            self.m.distinct_keys.labels(service, kind).set(value)
+        yield userbehavior_pb2.AnalyzeUsersResponse(
+            top_users=userbehavior_pb2.UserTotals(user_ids=[u for u, _ in top], total_time=[t for _, t in top]),
+            **counts,
+        )
 
 
 SPEC = ServiceSpec(
-    name="userbehavior",
-    descriptor=userbehavior_pb2.DESCRIPTOR.services_by_name["UserBehaviorService"],
-    grpc_port=50053,
-    metrics_port=9053,
-    attach=lambda server, metrics: userbehavior_pb2_grpc.add_UserBehaviorServiceServicer_to_server(
-        UserBehaviorServicer(metrics), server
+    USERBEHAVIOR,
+    attach=lambda server, metrics, limits: userbehavior_pb2_grpc.add_UserBehaviorServiceServicer_to_server(
+        UserBehaviorServicer(metrics, limits), server
     ),
 )
