@@ -70,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=10.0,
         metavar="SECONDS",
-        help="how long to wait for every service to report SERVING, names that do not resolve yet included; "
-        "also how long to wait for a replacement when a replica is lost (default 10)",
+        help="how long to wait, for every service at once, until each reports SERVING (names that do not "
+        "resolve yet included); a run whose services never come up fails after about this long. Also how long "
+        "to wait for a replacement when a replica is lost (default 10)",
     )
     run.add_argument(
         "--expect-replicas",

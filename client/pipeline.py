@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,7 +21,7 @@ from music_analytics.client.csv_source import REJECT_REASONS, Chunk, Rejection, 
 from music_analytics.client.encoding import batches
 from music_analytics.client.merge import UserResult, merge_songs, merge_users
 from music_analytics.client.recommend import recommend
-from music_analytics.client.replicas import Replicas, ServiceError, ServiceInfo
+from music_analytics.client.replicas import Endpoint, Replicas, ServiceError, ServiceInfo
 from music_analytics.client.streams import ShardedStream
 from music_analytics.client.targets import parse_target
 from music_analytics.services.common import contract
@@ -187,19 +188,28 @@ def read_ahead(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
 
 
 def _connect_all(streams: tuple[ShardedStream, ...], recommendation: Replicas, config: PipelineConfig) -> int:
-    """Wait for every service within one ``wait_ready`` window; returns how many Recommendation
-    replicas serve. Raises ServiceError naming every service that has none."""
+    """Wait for every service at once, within one ``wait_ready`` window; returns how many
+    Recommendation replicas serve. Raises ServiceError naming every service that has none.
+
+    At once, not one after another: a service that is down would otherwise use up the window
+    and leave the others a moment each, reported as failing when they were only being started.
+    """
     deadline = time.monotonic() + config.wait_ready
+    expected = config.expected_replicas
+    waits: dict[str, Callable[[], list[Endpoint] | None]] = {
+        s.service.name: partial(s.connect, deadline, expected.get(s.service.name)) for s in streams
+    }
+    waits[recommendation.service.name] = partial(
+        recommendation.wait, deadline, expected.get(recommendation.service.name)
+    )
+    with ThreadPoolExecutor(max_workers=len(waits), thread_name_prefix="connect") as pool:
+        pending = {name: pool.submit(wait) for name, wait in waits.items()}
     errors = []
-    for stream in streams:
+    for future in pending.values():
         try:
-            stream.connect(deadline, config.expected_replicas.get(stream.service.name))
+            future.result()
         except ServiceError as exc:
             errors.append(str(exc))
-    try:
-        serving = len(recommendation.wait(deadline, config.expected_replicas.get(RECOMMENDATION.name)))
-    except ServiceError as exc:
-        errors.append(str(exc))
     if errors:
         raise ServiceError("; ".join(errors))
-    return serving
+    return len(pending[recommendation.service.name].result())

@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # The client polls services it waits for. gRPC's default reconnect backoff grows to 120 s, so
+    # a service that comes up late in a long wait would go unnoticed for a good part of it.
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 # Codes that mean "this replica is gone", as opposed to "this request is wrong".
 REPLICA_LOST = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -59,18 +64,23 @@ class Endpoint:
         self.status = "not checked yet"
 
     def check(self, timeout: float) -> bool:
-        """Ask the replica's health once; sets and returns ``alive``."""
+        """Ask the replica's health once; sets and returns ``alive``.
+
+        Not wait_for_ready: a replica that cannot be reached answers at once with why (nothing
+        listening, say), which the caller's next poll retries; waiting for
+        readiness instead would only ever report DEADLINE_EXCEEDED.
+        """
         stub = health_pb2_grpc.HealthStub(self.channel)
+        timeout = max(timeout, 0.05)
         try:
-            reply = stub.Check(
-                health_pb2.HealthCheckRequest(service=self.service.health_name),
-                timeout=max(timeout, 0.05),
-                wait_for_ready=True,
-            )
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=self.service.health_name), timeout=timeout)
             self.status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
             self.alive = reply.status == health_pb2.HealthCheckResponse.SERVING
         except grpc.RpcError as exc:
-            self.status = f"{exc.code().name}: {exc.details()}"
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                self.status = f"DEADLINE_EXCEEDED: no answer to a health check within {timeout:.2g}s"
+            else:
+                self.status = unreachable_reason(exc)
             self.alive = False
         return self.alive
 
@@ -180,6 +190,17 @@ def describe(exc: BaseException | None) -> str:
     if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
         return f"{exc.code().name}: {exc.details()}"
     return repr(exc)
+
+
+def unreachable_reason(exc: grpc.RpcError) -> str:
+    """Why a replica did not answer, in words: gRPC's text for a refused connection buries the
+    one fact that matters under "failed to connect to all addresses"."""
+    details = exc.details() or ""
+    if "Connection refused" in details:
+        return "nothing listening there (connection refused)"
+    if "before receiving SETTINGS frame" in details:
+        return "connections are accepted but nothing answers gRPC on them (no HTTP/2 SETTINGS frame)"
+    return f"{exc.code().name}: {details}"
 
 
 def replica_lost(exc: BaseException | None) -> bool:

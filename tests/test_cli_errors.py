@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
-from music_analytics.client.demo import free_port
 from tests.conftest import cli
 
 
@@ -29,19 +26,6 @@ def test_header_without_required_columns_exits_2(tmp_path):
 
 def test_demo_with_missing_file_exits_2(tmp_path):
     assert_clean_error(cli("demo", "--data", str(tmp_path / "nope.csv")), 2, "no such file")
-
-
-def test_service_down_names_service_and_address_after_a_bounded_wait(tmp_path, services):
-    data = tmp_path / "ok.csv"
-    data.write_text("user_id,song_id,artist,duration,timestamp\nu,s,a,1,2024-01-01\n")
-    dead = f"127.0.0.1:{free_port()}"
-    start = time.monotonic()
-    proc = cli("run", "--data", str(data), "--out", str(tmp_path / "r.json"), "--wait-ready", "2",
-               "--mapreduce", services.target("mapreduce"), "--userbehavior", dead,
-               "--recommendation", services.target("recommendation"))  # fmt: skip
-    assert time.monotonic() - start < 30
-    assert_clean_error(proc, 1, "userbehavior: not serving after 2s", f"{dead}: DEADLINE_EXCEEDED")
-    assert not (tmp_path / "r.json").exists()
 
 
 def test_bad_target_exits_2(tmp_path):
