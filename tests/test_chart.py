@@ -159,7 +159,8 @@ def container_port(container: dict[str, Any], name: str) -> int:
 
 
 def env_of(container: dict[str, Any]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in container.get("env", [])}
+    """The container's literal environment (variables set from the Downward API are left out)."""
+    return {e["name"]: e["value"] for e in container.get("env", []) if "valueFrom" not in e}
 
 
 # ---------------------------------------------------------------- lint and schema
@@ -459,6 +460,40 @@ def test_shutdown_delay_before_drain_and_covered_by_the_grace_period():
     assert chart().values["default"]["shutdownDelaySeconds"] == 5
     with pytest.raises(helm.HelmError):
         chart().validate_schema({"default": {"shutdownDelaySeconds": -1}})
+
+
+def test_streams_and_call_memory_limits_reach_the_services():
+    """maxStreams becomes MUSIC_ANALYTICS_MAX_STREAMS; the container's memory limit reaches the
+    server through the Downward API (in bytes), and maxCallBytes, when set, overrides the server's
+    default of half that limit."""
+    values = {
+        "default": {"maxStreams": 8},
+        "services": {"mapreduce": {"maxStreams": 2, "maxCallBytes": 3 * 2**30}, "userbehavior": {"maxCallBytes": 0}},
+    }
+    for docs, expected in [
+        (render_docs({}), {c: ("16", None) for c in COMPONENTS}),
+        (
+            render_docs(values),
+            {"mapreduce": ("2", str(3 * 2**30)), "userbehavior": ("8", None), "recommendation": ("8", None)},
+        ),
+    ]:
+        for component, (streams, call_bytes) in expected.items():
+            (container,) = deployment_for(docs, component)["spec"]["template"]["spec"]["containers"]
+            env = env_of(container)
+            assert env["MUSIC_ANALYTICS_MAX_STREAMS"] == streams, component
+            # A whole number of bytes, never Helm's float rendering (3.221225472e+09).
+            assert env.get("MUSIC_ANALYTICS_MAX_CALL_BYTES") == call_bytes, component
+            assert "MUSIC_ANALYTICS_WORKERS" not in env
+            (memory,) = [e for e in container["env"] if e["name"] == "MUSIC_ANALYTICS_MEMORY_LIMIT_BYTES"]
+            assert memory["valueFrom"] == {
+                "resourceFieldRef": {"containerName": container["name"], "resource": "limits.memory", "divisor": "1"}
+            }
+            assert container["resources"]["limits"]["memory"]
+    for bad in ({"maxStreams": 0}, {"maxStreams": "16"}, {"maxCallBytes": -1}, {"maxCallBytes": "1Gi"}):
+        with pytest.raises(helm.HelmError):
+            chart().validate_schema({"default": bad})
+        with pytest.raises(helm.HelmError):
+            chart().validate_schema({"services": {"recommendation": bad}})
 
 
 # ---------------------------------------------------------------- the Job

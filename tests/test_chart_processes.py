@@ -70,18 +70,44 @@ def base_env() -> dict[str, str]:
     return env
 
 
+# Kubernetes resource quantity suffixes (binary and decimal), as the Downward API expands them.
+QUANTITY_SUFFIXES = {
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "": 1,
+}  # fmt: skip
+
+
+def quantity_bytes(quantity: str | int) -> int:
+    text = str(quantity)
+    number = text.rstrip("KMGTikmgt")
+    return int(float(number) * QUANTITY_SUFFIXES[text[len(number) :]])
+
+
+def downward_value(container: dict[str, Any], source: dict[str, Any]) -> str:
+    """What the kubelet puts in a variable set from the Downward API (resourceFieldRef only)."""
+    ref = source["resourceFieldRef"]
+    assert ref["containerName"] == container["name"], ref
+    section, resource = ref["resource"].split(".")
+    value = quantity_bytes(container["resources"][section][resource])
+    return str(value // quantity_bytes(ref.get("divisor", "1")))
+
+
 def container_env(container: dict[str, Any], overrides: dict[str, str]) -> dict[str, str]:
     env = base_env()
     for item in container.get("env", []):
-        env[item["name"]] = item["value"]
+        env[item["name"]] = downward_value(container, item["valueFrom"]) if "valueFrom" in item else item["value"]
     env.update(overrides)
     return env
 
 
 def mount_volumes(
-    pod: dict[str, Any], container: dict[str, Any], docs: list[dict[str, Any]], root: Path
+    pod: dict[str, Any],
+    container: dict[str, Any],
+    docs: list[dict[str, Any]],
+    root: Path,
+    secrets: dict[str, dict[str, bytes]] | None = None,
 ) -> dict[str, Path]:
-    """Map each volumeMount to a local directory; ConfigMap volumes get the rendered files."""
+    """Map each volumeMount to a local directory; ConfigMap volumes get the rendered files, Secret
+    volumes the keys they project from ``secrets`` (name -> key -> bytes), as the kubelet would."""
     volumes = {v["name"]: v for v in pod["volumes"]}
     mapping = {}
     for mount in container["volumeMounts"]:
@@ -91,6 +117,11 @@ def mount_volumes(
         if "configMap" in volume:
             for key, value in one(docs, "ConfigMap", volume["configMap"]["name"]).get("data", {}).items():
                 (local / key).write_text(value)
+        elif "secret" in volume:
+            data = (secrets or {})[volume["secret"]["secretName"]]
+            items = volume["secret"].get("items") or [{"key": k, "path": k} for k in data]
+            for item in items:
+                (local / item["path"]).write_bytes(data[item["key"]])  # KeyError: the Secret lacks it
         else:
             assert "emptyDir" in volume, volume
         mapping[mount["mountPath"]] = local
@@ -259,6 +290,29 @@ def test_job_command_completes_the_pipeline(deployed):
         assert sum(per_replica) > 0, (component, per_replica)
         if component in ("mapreduce", "userbehavior"):
             assert all(n > 0 for n in per_replica), (component, per_replica)
+
+
+def serving_line(log: Path) -> dict[str, Any]:
+    """The "serving" JSON log line a service prints once it listens."""
+    for line in log.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("message") == "serving":
+            return record
+    raise AssertionError(f"no serving line in {log}")
+
+
+def test_services_run_with_the_rendered_limits(deployed):
+    """The limits as the running server understood them: maxStreams, and half the container's
+    memory limit per call, which only arrives through the Downward API variable."""
+    _docs, workloads, _root = deployed
+    for workload in workloads.values():
+        container = workload.container
+        limit = quantity_bytes(container["resources"]["limits"]["memory"])
+        for replica in workload.replicas:
+            record = serving_line(replica.log)
+            assert record["max_streams"] == int(container_env(container, {})["MUSIC_ANALYTICS_MAX_STREAMS"])
+            assert record["max_call_bytes"] == limit // 2, (workload.component, record)
+            assert record["health_port"] is None  # TLS off: the probes use the gRPC port
 
 
 def test_services_stop_cleanly_on_sigterm(deployed):

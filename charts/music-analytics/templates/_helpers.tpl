@@ -137,3 +137,53 @@ seccompProfile:
   value: {{ $v | quote }}
 {{- end }}
 {{- end }}
+
+{{/*
+TLS. The Secret (kubernetes.io/tls: tls.crt, tls.key, ca.crt) is mounted read-only here in the
+services, the pipeline Job and the helm test pods.
+*/}}
+{{- define "music-analytics.tlsDir" -}}
+/etc/music-analytics/tls
+{{- end }}
+
+{{/* The Secret's name: tls.secretName, or the one the chart's Certificate writes. */}}
+{{- define "music-analytics.tlsSecretName" -}}
+{{- if .Values.tls.secretName }}
+{{- .Values.tls.secretName }}
+{{- else }}
+{{- printf "%s-tls" (include "music-analytics.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The TLS volume for a pod; call with (dict "root" $ "keys" (list "ca.crt" ...)). Only the keys a
+pod uses are projected: the pipeline Job without client auth never sees the private key. A key
+missing from the Secret keeps the pod in ContainerCreating with an event naming it.
+*/}}
+{{- define "music-analytics.tlsVolume" -}}
+- name: tls
+  secret:
+    secretName: {{ include "music-analytics.tlsSecretName" .root }}
+    # Owner and group read: the pods run as 10001 with fsGroup 10001.
+    defaultMode: 0440
+    items:
+      {{- range .keys }}
+      - key: {{ . }}
+        path: {{ . }}
+      {{- end }}
+{{- end }}
+
+{{- define "music-analytics.tlsMount" -}}
+- name: tls
+  mountPath: {{ include "music-analytics.tlsDir" . }}
+  readOnly: true
+{{- end }}
+
+{{/* The Secret keys a client pod (the Job, a helm test pod) needs, as a JSON list. */}}
+{{- define "music-analytics.clientTlsKeys" -}}
+{{- if .Values.tls.clientAuth }}
+{{- list "ca.crt" "tls.crt" "tls.key" | toJson }}
+{{- else }}
+{{- list "ca.crt" | toJson }}
+{{- end }}
+{{- end }}
