@@ -24,6 +24,7 @@ import shlex
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from tests.test_chart import (
     CHART,
     COMPONENTS,
     KUBE_VERSIONS,
+    MONITORING_APIS,
     MONITORING_NS,
     NAMESPACE,
     OWN_NS,
@@ -342,6 +344,17 @@ def test_no_pod_reaches_the_health_port(cidrs: list[str]):
     assert len(rules) == len(COMPONENTS) and all(r["ports"] == [{"port": "grpc", "protocol": "TCP"}] for r in rules)
 
 
+def test_metrics_stay_plain_http_with_tls():
+    values = copy.deepcopy(VALUE_SETS["secret-mtls"]) | {"monitoring": {"serviceMonitor": {"enabled": True}}}
+    docs = render_docs(values, api_versions=MONITORING_APIS)
+    (monitor,) = by_kind(docs, "ServiceMonitor")
+    assert [e["scheme"] for e in monitor["spec"]["endpoints"]] == ["http"]
+    assert "tlsConfig" not in monitor["spec"]["endpoints"][0]
+    for component, spec in SERVICES.items():
+        template = deployment_for(docs, component)["spec"]["template"]
+        assert template["metadata"]["annotations"]["prometheus.io/port"] == str(spec.metrics_port)
+
+
 def test_tls_off_leaves_no_trace():
     docs = render_docs({})
     assert not by_kind(docs, "Certificate")
@@ -540,6 +553,10 @@ def test_tls_port_refuses_plaintext_and_clients_without_a_certificate(mtls_deplo
             health_status(grpc_port, name, grpc.ssl_channel_credentials(data["ca.crt"]))
         with_cert = grpc.ssl_channel_credentials(data["ca.crt"], data["tls.key"], data["tls.crt"])
         assert health_status(grpc_port, name, with_cert) == health_pb2.HealthCheckResponse.SERVING
+        # /metrics stays plain HTTP for Prometheus.
+        url = f"http://127.0.0.1:{r['ports'][SERVICES[component].metrics_port]}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as metrics:
+            assert b"grpc_server_handled_total" in metrics.read()
         record = serving_line(r["log"])
         assert (record["tls"], record["health_port"]) == ("mutual", r["ports"][HEALTH_PORTS[component]])
 
