@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="replicas to wait for, e.g. mapreduce=2,userbehavior=2 (default: every address a target lists "
         "when first resolved); after --wait-ready the run goes on with those that serve",
     )
+    from music_analytics.client import tls
+
+    for option in (tls.CA, tls.CERT, tls.KEY):
+        run.add_argument(option.flag, metavar="PEM", help=f"{option.help} (env {option.env})")
+    run.add_argument(tls.SERVER_NAME.flag, metavar="NAME", help=f"{tls.SERVER_NAME.help} (env {tls.SERVER_NAME.env})")
     run.add_argument("--pushgateway", metavar="URL", help="push the run's metrics to this Prometheus Pushgateway")
     run.add_argument(
         "--results-configmap", metavar="NAME", help="in Kubernetes: also write the summary to this ConfigMap"
@@ -103,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else list(argv))[:1] == ["run"]:
+        # gRPC core logs every failed TLS handshake at INFO on stderr; the client says what failed
+        # in its own one-line error. Read once, when grpc is first imported: set it before that.
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
@@ -145,9 +154,15 @@ def _run(args: argparse.Namespace) -> int:
     from music_analytics.client.pipeline import PipelineConfig, ServiceError, run_pipeline
     from music_analytics.client.results import print_summary, to_json, write_json
     from music_analytics.client.targets import TargetError
+    from music_analytics.client.tls import TlsSettingError, load_client_tls
     from music_analytics.services.common import logging as json_logging
 
     json_logging.configure("client", os.environ.get("MUSIC_ANALYTICS_LOG_LEVEL", "warning"))
+    try:
+        tls = load_client_tls(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
+    except TlsSettingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
     config = PipelineConfig(
         data=Path(args.data),
         mapreduce=args.mapreduce,
@@ -157,6 +172,7 @@ def _run(args: argparse.Namespace) -> int:
         wait_ready=args.wait_ready,
         expected_replicas=args.expect_replicas,
         progress=_progress_printer(),
+        tls=tls,
     )
     try:
         result = run_pipeline(config)

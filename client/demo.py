@@ -9,13 +9,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from music_analytics.client.tls import ClientTls
 from music_analytics.services.common.contract import SERVICES
 
 
@@ -39,16 +40,15 @@ def _preferred_or_any(port: int) -> int:
     return port if free_port(port) == port else 0
 
 
-def _announced_ports(log_path: Path) -> tuple[int, int] | None:
-    """The ports from the service's "serving" log line, once it has written it."""
+def _serving_line(log_path: Path) -> dict | None:
+    """The service's "serving" log line (its ports), once it has written it."""
     try:
         text = log_path.read_text(errors="replace")
     except FileNotFoundError:
         return None
     for line in text.splitlines():
         if '"message": "serving"' in line:
-            entry = json.loads(line)
-            return entry["grpc_port"], entry["metrics_port"]
+            return json.loads(line)
     return None
 
 
@@ -60,6 +60,8 @@ class ServiceProcess:
     process: subprocess.Popen
     log_path: Path
     host: str = "127.0.0.1"  # any loopback address: replicas on 127.0.0.2, .3 can share a port
+    health_port: int | None = None  # the plaintext health-only port, if the service was given one
+    tls: ClientTls | None = None  # how to reach the gRPC port when it speaks TLS
 
     @property
     def address(self) -> str:
@@ -69,9 +71,10 @@ class ServiceProcess:
         health_name = SERVICES[self.name].full_name
         deadline = time.monotonic() + timeout
         while True:
-            ports = _announced_ports(self.log_path)
-            if ports:
-                self.grpc_port, self.metrics_port = ports
+            serving = _serving_line(self.log_path)
+            if serving:
+                self.grpc_port, self.metrics_port = serving["grpc_port"], serving["metrics_port"]
+                self.health_port = serving.get("health_port")
                 break
             if self.process.poll() is not None:
                 tail = self.log_path.read_text(errors="replace")[-1000:]
@@ -79,7 +82,11 @@ class ServiceProcess:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name} did not start within {timeout:g}s")
             time.sleep(0.02)
-        with grpc.insecure_channel(self.address) as channel:
+        if self.tls is None:
+            channel = grpc.insecure_channel(self.address)
+        else:
+            channel = grpc.secure_channel(self.address, self.tls.credentials, self.tls.channel_options(None))
+        with channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 if self.process.poll() is not None:
@@ -113,11 +120,15 @@ def start_service(
     extra_env: dict[str, str] | None = None,
     shutdown_delay: float = 0.0,
     host: str = "127.0.0.1",
+    extra_args: Sequence[str] = (),
+    tls: ClientTls | None = None,
 ) -> ServiceProcess:
     """Start ``name`` as a process logging to ``log_path``; port 0 lets the service pick one.
 
     ``shutdown_delay`` is 0 by default: on loopback nothing routes to a process after it is told
     to stop, so waiting for endpoint removal (as a pod must) would only slow every stop down.
+    ``extra_args`` go to ``serve`` as they are (``--tls-cert``, ``--health-port``...); ``tls`` is
+    how ``wait_serving`` reaches a service that serves TLS.
 
     Call ``wait_serving()`` before using the ports.
     """
@@ -137,13 +148,14 @@ def start_service(
             str(metrics_port),
             "--shutdown-delay-seconds",
             str(shutdown_delay),
+            *extra_args,
         ],
         stdout=log,
         stderr=log,
         env=os.environ | (extra_env or {}),
     )
     log.close()
-    return ServiceProcess(name, grpc_port, metrics_port, process, log_path, host)
+    return ServiceProcess(name, grpc_port, metrics_port, process, log_path, host, tls=tls)
 
 
 class LocalServices:

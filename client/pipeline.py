@@ -24,6 +24,7 @@ from music_analytics.client.recommend import recommend
 from music_analytics.client.replicas import Endpoint, Replicas, ServiceError, ServiceInfo
 from music_analytics.client.streams import ShardedStream
 from music_analytics.client.targets import parse_target
+from music_analytics.client.tls import ClientTls
 from music_analytics.services.common import contract
 
 __all__ = ["PipelineConfig", "PipelineResult", "ServiceError", "UserResult", "run_pipeline"]
@@ -62,6 +63,7 @@ class PipelineConfig:
     # Replicas to wait for, by service (None: every address the target lists, at least one).
     expected_replicas: dict[str, int] = field(default_factory=dict)
     progress: Callable[[int, int], None] | None = None
+    tls: ClientTls | None = None  # None: plaintext
 
 
 def run_pipeline(config: PipelineConfig) -> PipelineResult:
@@ -85,7 +87,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         )
     }
     mapreduce = ShardedStream(
-        Replicas(MAPREDUCE, targets[MAPREDUCE]),
+        Replicas(MAPREDUCE, targets[MAPREDUCE], config.tls),
         "song",
         mapreduce_pb2.CountPlaysResponse.FromString,
         True,
@@ -93,14 +95,14 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         config.wait_ready,
     )
     userbehavior = ShardedStream(
-        Replicas(USERBEHAVIOR, targets[USERBEHAVIOR]),
+        Replicas(USERBEHAVIOR, targets[USERBEHAVIOR], config.tls),
         "user_id",
         userbehavior_pb2.AnalyzeUsersResponse.FromString,
         False,
         replay,
         config.wait_ready,
     )
-    recommendation = Replicas(RECOMMENDATION, targets[RECOMMENDATION])
+    recommendation = Replicas(RECOMMENDATION, targets[RECOMMENDATION], config.tls)
     streams = (mapreduce, userbehavior)
     try:
         recommendation_replicas = _connect_all(streams, recommendation, config)

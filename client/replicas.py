@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from music_analytics.client.targets import ResolutionError, Target
+from music_analytics.client.tls import CA, CERT, KEY, SERVER_NAME, ClientTls
 from music_analytics.services.common.contract import MAX_MESSAGE_BYTES, ServiceContract
 
 log = logging.getLogger(__name__)
@@ -56,10 +57,19 @@ class ServiceInfo:
 class Endpoint:
     """One replica's address and channel; ``alive`` once it answered SERVING, until it fails."""
 
-    def __init__(self, service: ServiceInfo, address: str) -> None:
+    def __init__(
+        self, service: ServiceInfo, address: str, tls: ClientTls | None = None, dialled_name: str | None = None
+    ) -> None:
         self.service = service
         self.address = address
-        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.tls = tls
+        if tls is None:
+            self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        else:
+            options = CHANNEL_OPTIONS + tls.channel_options(dialled_name)
+            self.channel = grpc.secure_channel(address, tls.credentials, options=options)
+        # The name the service's certificate must hold, for saying so when it does not.
+        self.checked_name = (tls.server_name if tls else None) or dialled_name or address.rpartition(":")[0].strip("[]")
         self.alive = False
         self.status = "not checked yet"
 
@@ -67,7 +77,7 @@ class Endpoint:
         """Ask the replica's health once; sets and returns ``alive``.
 
         Not wait_for_ready: a replica that cannot be reached answers at once with why (nothing
-        listening, say), which the caller's next poll retries; waiting for
+        listening, a failed TLS handshake), which the caller's next poll retries; waiting for
         readiness instead would only ever report DEADLINE_EXCEEDED.
         """
         stub = health_pb2_grpc.HealthStub(self.channel)
@@ -80,7 +90,7 @@ class Endpoint:
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 self.status = f"DEADLINE_EXCEEDED: no answer to a health check within {timeout:.2g}s"
             else:
-                self.status = unreachable_reason(exc)
+                self.status = unreachable_reason(exc, self.tls, self.checked_name)
             self.alive = False
         return self.alive
 
@@ -91,9 +101,10 @@ class Endpoint:
 class Replicas:
     """Every replica the target has listed so far, by address."""
 
-    def __init__(self, service: ServiceInfo, target: Target) -> None:
+    def __init__(self, service: ServiceInfo, target: Target, tls: ClientTls | None = None) -> None:
         self.service = service
         self.target = target
+        self.tls = tls
         self.endpoints: dict[str, Endpoint] = {}
         self._unresolved = ""  # why the last resolution found nothing, if it did
         self._turn = 0
@@ -109,7 +120,8 @@ class Replicas:
         self._unresolved = ""
         for address in addresses:
             if address not in self.endpoints:
-                self.endpoints[address] = Endpoint(self.service, address)
+                dialled = self.target.host if self.target.dynamic else None
+                self.endpoints[address] = Endpoint(self.service, address, self.tls, dialled)
 
     def live(self) -> list[Endpoint]:
         return [e for _, e in sorted(self.endpoints.items()) if e.alive]
@@ -192,14 +204,38 @@ def describe(exc: BaseException | None) -> str:
     return repr(exc)
 
 
-def unreachable_reason(exc: grpc.RpcError) -> str:
-    """Why a replica did not answer, in words: gRPC's text for a refused connection buries the
-    one fact that matters under "failed to connect to all addresses"."""
+def unreachable_reason(exc: grpc.RpcError, tls: ClientTls | None = None, checked_name: str = "") -> str:
+    """Why a replica did not answer, in words: gRPC's text buries the one fact that matters (a
+    refused connection, a certificate that does not verify) under "failed to connect to all
+    addresses", and a closed connection means something only next to how the client connected."""
     details = exc.details() or ""
     if "Connection refused" in details:
         return "nothing listening there (connection refused)"
     if "before receiving SETTINGS frame" in details:
         return "connections are accepted but nothing answers gRPC on them (no HTTP/2 SETTINGS frame)"
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        why = details.split("CERTIFICATE_VERIFY_FAILED:", 1)[1].split(":", 1)[0].strip()
+        return f"TLS handshake failed: the service's certificate does not verify against {CA.flag} ({why})"
+    if "Hostname Verification Check failed" in details:
+        return (
+            f"TLS handshake failed: the service's certificate does not name {checked_name!r} "
+            f"(the host dialled, or {SERVER_NAME.flag})"
+        )
+    if "Socket closed" in details:
+        if tls is None:
+            return (
+                "the service closed the connection without answering (a service that serves TLS does that to a "
+                f"plaintext client: give {CA.flag})"
+            )
+        if tls.certificate_chain is None:
+            return (
+                "the service closed the connection after the TLS handshake (a service that requires client "
+                f"certificates does that: give {CERT.flag} and {KEY.flag})"
+            )
+        return (
+            "the service closed the connection after the TLS handshake (a service that does not trust the CA "
+            f"that signed {CERT.flag} does that)"
+        )
     return f"{exc.code().name}: {details}"
 
 
