@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from music_analytics.client.csv_source import (
     _parse_exact,
     _parse_fast,
     read_events,
+    read_header,
 )
 
 HEADER = b"user_id,song_id,artist,duration,timestamp\n"
@@ -166,3 +168,35 @@ def test_fast_path_never_accepts_a_timestamp_the_rule_rejects(stamp):
     exact = check_row(["u", "s", "a", "1", stamp], names) is None
     fast = _iso8601_timestamps(pa.chunked_array([[stamp]]))
     assert exact or not fast, f"Arrow accepts {stamp!r} but the rule rejects it"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\nuser_id,song_id,artist,duration,timestamp\n", ":1: blank line; expected a header line"),
+        (b"\xef\xbb\xbf\r\n", ":1: blank line; expected a header line"),
+        (b"user_id,song_id\rartist,duration,timestamp\n", ":1: header is not one CSV line"),
+        (b"user_id,song_id,artist,duration,timestamp," + b"x" * (1 << 20) + b"\n", ":1: header line longer than"),
+        (b"user_id,song_id,artist,duration,timestamp,\xff\n", ":1: header is not valid UTF-8"),
+        (b"user_id,song_id,artist,duration,timestamp,artist\n", ":1: header repeats column(s) artist"),
+    ],
+    ids=["blank", "bom-then-blank", "lone-carriage-return", "too-long", "not-utf8", "repeated"],
+)
+def test_unusable_header_names_file_and_line(tmp_path, content, message):
+    path = write(tmp_path, content)
+    with pytest.raises(InputError, match=re.escape(f"{path}{message}")):
+        read_all(path)
+
+
+def test_header_length_counts_the_byte_order_mark(tmp_path):
+    path = write(tmp_path, b"\xef\xbb\xbf" + HEADER + GOOD)
+    assert read_header(path).length == 3 + len(HEADER)
+    assert [r["user_id"] for r in read_all(path)[0]] == ["u0"]
+
+
+def test_durations_and_timestamps_with_a_final_line_break_are_rejected(tmp_path):
+    # In quotes a field may end with a line break; "$" in a pattern matches before one.
+    path = write(tmp_path, HEADER + b'u1,s,A,"5\n",2024-01-01\nu2,s,A,5,"2024-01-01\n"\n' + GOOD)
+    rows, rejected = read_all(path)
+    assert [r["user_id"] for r in rows] == ["u0"]
+    assert [(r.line, r.reason) for r in rejected] == [(2, "invalid_duration"), (4, "invalid_timestamp")]
