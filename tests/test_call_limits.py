@@ -26,6 +26,7 @@ from music_analytics.api import (
     userbehavior_pb2_grpc,
 )
 from music_analytics.client.demo import ServiceProcess, start_service
+from music_analytics.services.common.config import ServerConfig
 from music_analytics.services.common.contract import MAX_TOP_N, MAX_TRENDING_N
 from tests.conftest import BIN
 from tests.support.events import count_plays_request, good_table
@@ -33,7 +34,6 @@ from tests.support.metrics import scrape, value
 
 MR = {"grpc_type": "client_stream", "grpc_service": "music.v1.MapReduceService", "grpc_method": "CountPlays"}
 UB = {"grpc_type": "bidi_stream", "grpc_service": "music.v1.UserBehaviorService", "grpc_method": "AnalyzeUsers"}
-MAX_STREAMS = 4
 
 
 @pytest.fixture
@@ -83,17 +83,20 @@ def wait_for(condition, timeout: float = 10.0, what: str = "condition") -> None:
         time.sleep(0.02)
 
 
-def test_health_and_reflection_answer_while_streams_fill_every_slot(service_factory):
+@pytest.mark.parametrize("max_streams", [None, 4], ids=["default", "configured"])
+def test_health_and_reflection_answer_while_streams_fill_every_slot(service_factory, max_streams):
     """Every application slot held by a stream: health answers in under a second, grpcurl can
     still list, and one stream more is refused at once with RESOURCE_EXHAUSTED, not queued."""
-    mr = service_factory("mapreduce", MUSIC_ANALYTICS_MAX_STREAMS=str(MAX_STREAMS))
+    env = {"MUSIC_ANALYTICS_MAX_STREAMS": str(max_streams)} if max_streams else {}
+    mr = service_factory("mapreduce", **env)
+    max_streams = max_streams or ServerConfig.max_streams
     before = scrape(mr)
     with grpc.insecure_channel(mr.address) as channel:
-        held = [HeldStream(channel) for _ in range(MAX_STREAMS)]
+        held = [HeldStream(channel) for _ in range(max_streams)]
         try:
             for h in held:
                 assert h.sent.wait(10)
-            wait_for(lambda: value(scrape(mr), "music_analytics_inflight_streams", service="mapreduce") == MAX_STREAMS,
+            wait_for(lambda: value(scrape(mr), "music_analytics_inflight_streams", service="mapreduce") == max_streams,
                      what="every slot taken")  # fmt: skip
             for _ in range(5):
                 assert check_health(mr.address, "music.v1.MapReduceService") < 1.0
@@ -109,7 +112,7 @@ def test_health_and_reflection_answer_while_streams_fill_every_slot(service_fact
                 extra.future.result(timeout=5)
             extra.release.set()
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert f"{MAX_STREAMS} calls in progress" in refused.value.details()
+            assert f"{max_streams} calls in progress" in refused.value.details()
             assert "MUSIC_ANALYTICS_MAX_STREAMS" in refused.value.details()
         finally:
             for h in held:
