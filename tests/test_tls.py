@@ -22,7 +22,10 @@ from grpc_health.v1 import health_pb2
 
 from music_analytics.client.demo import ServiceProcess, start_service
 from music_analytics.client.generate import generate
+from music_analytics.client.replicas import Replicas, ServiceError, ServiceInfo
+from music_analytics.client.targets import parse_target
 from music_analytics.client.tls import ClientTls
+from music_analytics.services.common import contract
 from music_analytics.services.common.contract import HEALTH_SERVICE, SERVICES
 from tests.conftest import cli
 from tests.oracle import oracle
@@ -228,6 +231,42 @@ def test_service_certificate_that_does_not_name_the_server_name_is_not_trusted(p
         proc, tls_services, "TLS handshake failed: the service's certificate does not name 'mapreduce.example' "
         "(the host dialled, or --tls-server-name)"
     )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def named_only(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """MapReduce with a certificate that names localhost and no address, as a pod's names its
+    Service's DNS names and not the pod's IP."""
+    directory = tmp_path_factory.mktemp("named-only")
+    issued = pki.ca.issue("localhost-only", dns=("localhost",), server=True)
+    process = start_service("mapreduce", directory / "mapreduce.log",
+                            extra_args=["--tls-cert", str(issued.cert), "--tls-key", str(issued.key)],
+                            tls=ClientTls(pki.ca.cert.read_bytes(), server_name="localhost"))  # fmt: skip
+    try:
+        process.wait_serving()
+        yield process
+    finally:
+        process.stop()
+
+
+def test_dns_target_is_checked_against_the_name_dialled_not_the_address_it_resolves_to(pki, named_only):
+    tls = ClientTls(pki.ca.cert.read_bytes())
+    service = ServiceInfo.of(contract.MAPREDUCE)
+    by_name = Replicas(service, parse_target(f"dns:///localhost:{named_only.grpc_port}"), tls)
+    by_address = Replicas(service, parse_target(f"ipv4:127.0.0.1:{named_only.grpc_port}"), tls)
+    try:
+        # localhost may resolve to ::1 too, where nothing listens: one replica is what serves.
+        live = by_name.wait(time.monotonic() + 10, expected=1)
+        assert [e.address for e in live] == [named_only.address]
+        with pytest.raises(ServiceError) as refused:
+            by_address.wait(time.monotonic() + 1)
+        assert (
+            f"{named_only.address}: TLS handshake failed: the service's certificate does not name '127.0.0.1' "
+            "(the host dialled, or --tls-server-name)"
+        ) in str(refused.value)
+    finally:
+        by_name.close()
+        by_address.close()
 
 
 def encrypted_key(pki: Pki, directory: Path) -> Path:
