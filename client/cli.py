@@ -295,7 +295,3 @@ def _demo(args: argparse.Namespace) -> int:
         finally:
             services.stop()
     return code
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

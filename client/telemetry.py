@@ -29,15 +29,12 @@ from prometheus_client.registry import Collector
 
 __all__ = [
     "DEFAULT_JOB",
-    "STAGES",
     "PushgatewayError",
     "pipeline_registry",
     "push_pipeline_metrics",
 ]
 
 DEFAULT_JOB = "music-analytics-client"
-# The stages the dashboards chart; others are pushed as given.
-STAGES = ("mapreduce", "userbehavior", "recommendation", "total")
 PUSH_TIMEOUT_SECONDS = 10.0
 
 
