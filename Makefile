@@ -12,7 +12,7 @@ RUNTIME_STAMP := $(VENV)/.runtime-installed
 TEST_STAMP := $(VENV)/.test-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint proto venv test-venv bench clean
+.PHONY: help demo test fuzz lint proto venv test-venv bench clean
 
 help: ## list the targets with what they do
 	@awk 'BEGIN { FS = ":[^#]*## " } /^[A-Za-z0-9_.-]+:[^#]*## / { printf "  %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -49,6 +49,16 @@ lint: $(TEST_STAMP) ## ruff check and format check
 test: $(TEST_STAMP) ## ruff and the whole test suite
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -ra
+
+# `make test` runs each fuzz property with a bounded number of examples (tests/fuzzing.py); this runs
+# FUZZ_EXAMPLES of each in-process property (a fifth of that through real services) and prints
+# Hypothesis' statistics: examples run, outcomes seen. Failures found are kept in .hypothesis/ and
+# replayed first next time. pytest's per-test timeout is lifted: one property may run for minutes.
+FUZZ_EXAMPLES ?= 5000
+
+fuzz: $(TEST_STAMP) ## fuzz the stream decoders and the CSV reader with FUZZ_EXAMPLES (5000) examples per property
+	MUSIC_ANALYTICS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -ra --timeout=0 \
+		--hypothesis-show-statistics tests/test_fuzz_decoders.py tests/test_fuzz_csv.py
 
 bench: $(TEST_STAMP) ## pipeline against DuckDB at 1M and 10M events (data generated and cached in bench/data/)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

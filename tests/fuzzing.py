@@ -1,8 +1,8 @@
 """How many examples the fuzz tests run: a bounded number in `make test`, far more in `make fuzz`.
 
 Each property names its example count for `make test`. MUSIC_ANALYTICS_FUZZ_EXAMPLES=N (what
-`make fuzz` sets) runs N examples of each in-process property instead, and of the slower ones
-(over gRPC, or writing files) the same share of N as in `make test`.
+`make fuzz` sets) runs N examples of each property instead, or ``share`` of N for a slower one
+(the streams through real services).
 """
 
 from __future__ import annotations
