@@ -54,8 +54,8 @@ def indices(raw: bytes, rows: int, bound: int, what: str) -> np.ndarray:
 
 
 def drop_unused(dictionary: pa.Array, idx: np.ndarray) -> tuple[pa.Array, np.ndarray]:
-    """The dictionary without entries no row uses (a filtered batch keeps its whole dictionary),
-    so that only strings that really occur become users, artists or songs."""
+    """The dictionary without entries no row uses, so that only strings that really occur become
+    users, artists or songs. Our client sends none, but the format allows them (up to num_rows)."""
     used = np.bincount(idx, minlength=len(dictionary)) > 0
     if used.all():
         return dictionary, idx
