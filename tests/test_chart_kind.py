@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.test_chart import MONITORING_APIS, by_kind, chart, load_values, render_docs
+from tests.support.chart import MONITORING_APIS, by_kind, chart, load_values, render_docs
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"

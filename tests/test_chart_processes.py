@@ -13,32 +13,26 @@ within the pod's terminationGracePeriodSeconds.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.test_chart import by_kind, job_args, one, pipeline_job, render_docs
-from tests.test_k8s_results import FakeKubeApi
-
-NAMESPACE = "analytics"
-VENV_BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from music_analytics.client.demo import free_port
+from tests.support.chart import NAMESPACE, by_kind, job_args, one, pipeline_job, render_docs
+from tests.support.kube_api import FakeKubeApi
+from tests.support.rendered_pods import (
+    container_env,
+    map_paths,
+    mount_volumes,
+    quantity_bytes,
+    serving_line,
+    wait_probe_serving,
+)
 
 
 @dataclass
@@ -61,98 +55,11 @@ class Workload:
         return c
 
 
-def base_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "MUSIC_ANALYTICS_"))}
-    # The image puts the venv first on PATH; so do we, so `music-analytics` and `python` resolve alike.
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-    for name in ("MAPREDUCE_ADDR", "USERBEHAVIOR_ADDR", "RECOMMENDATION_ADDR"):
-        env.pop(name, None)
-    return env
-
-
-# Kubernetes resource quantity suffixes (binary and decimal), as the Downward API expands them.
-QUANTITY_SUFFIXES = {
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "": 1,
-}  # fmt: skip
-
-
-def quantity_bytes(quantity: str | int) -> int:
-    text = str(quantity)
-    number = text.rstrip("KMGTikmgt")
-    return int(float(number) * QUANTITY_SUFFIXES[text[len(number) :]])
-
-
-def downward_value(container: dict[str, Any], source: dict[str, Any]) -> str:
-    """What the kubelet puts in a variable set from the Downward API (resourceFieldRef only)."""
-    ref = source["resourceFieldRef"]
-    assert ref["containerName"] == container["name"], ref
-    section, resource = ref["resource"].split(".")
-    value = quantity_bytes(container["resources"][section][resource])
-    return str(value // quantity_bytes(ref.get("divisor", "1")))
-
-
-def container_env(container: dict[str, Any], overrides: dict[str, str]) -> dict[str, str]:
-    env = base_env()
-    for item in container.get("env", []):
-        env[item["name"]] = downward_value(container, item["valueFrom"]) if "valueFrom" in item else item["value"]
-    env.update(overrides)
-    return env
-
-
-def mount_volumes(
-    pod: dict[str, Any],
-    container: dict[str, Any],
-    docs: list[dict[str, Any]],
-    root: Path,
-    secrets: dict[str, dict[str, bytes]] | None = None,
-) -> dict[str, Path]:
-    """Map each volumeMount to a local directory; ConfigMap volumes get the rendered files, Secret
-    volumes the keys they project from ``secrets`` (name -> key -> bytes), as the kubelet would."""
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    mapping = {}
-    for mount in container["volumeMounts"]:
-        local = root / mount["name"]
-        local.mkdir(parents=True, exist_ok=True)
-        volume = volumes[mount["name"]]
-        if "configMap" in volume:
-            for key, value in one(docs, "ConfigMap", volume["configMap"]["name"]).get("data", {}).items():
-                (local / key).write_text(value)
-        elif "secret" in volume:
-            data = (secrets or {})[volume["secret"]["secretName"]]
-            items = volume["secret"].get("items") or [{"key": k, "path": k} for k in data]
-            for item in items:
-                (local / item["path"]).write_bytes(data[item["key"]])  # KeyError: the Secret lacks it
-        else:
-            assert "emptyDir" in volume, volume
-        mapping[mount["mountPath"]] = local
-    return mapping
-
-
-def map_paths(arg: str, mounts: dict[str, Path]) -> str:
-    for mount_path, local in mounts.items():
-        if arg == mount_path or arg.startswith(mount_path + "/"):
-            return str(local) + arg[len(mount_path) :]
-    return arg
-
-
-def probe(port: int, service: str, timeout: float = 1.0) -> int:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout).status
-
-
-def wait_ready(workload: Workload, deadline: float) -> None:
-    rp = workload.container["readinessProbe"]["grpc"]
-    for replica in workload.replicas:
-        while True:
-            assert replica.process.poll() is None, f"{workload.component} exited: {replica.log.read_text()[-2000:]}"
-            try:
-                if probe(replica.grpc_port, rp["service"]) == health_pb2.HealthCheckResponse.SERVING:
-                    break
-            except grpc.RpcError:
-                pass
-            assert time.monotonic() < deadline, f"{workload.component} not SERVING: {replica.log.read_text()[-2000:]}"
-            time.sleep(0.2)
+def wait_ready(workload: Workload) -> None:
+    probe = workload.container["readinessProbe"]["grpc"]
+    for i, replica in enumerate(workload.replicas):
+        name = f"{workload.component} replica {i}"
+        wait_probe_serving(name, replica.process, replica.log, replica.grpc_port, probe["service"])
 
 
 def handled_calls(metrics_port: int) -> float:
@@ -201,9 +108,8 @@ def deployed(tmp_path_factory: pytest.TempPathFactory):
             workload.replicas.append(Replica(grpc_port, metrics_port, process, log))
         workloads.append(workload)
     try:
-        deadline = time.monotonic() + 60
         for workload in workloads:
-            wait_ready(workload, deadline)
+            wait_ready(workload)
         yield docs, {w.component: w for w in workloads}, root
     finally:
         for w in workloads:
@@ -290,15 +196,6 @@ def test_job_command_completes_the_pipeline(deployed):
         assert sum(per_replica) > 0, (component, per_replica)
         if component in ("mapreduce", "userbehavior"):
             assert all(n > 0 for n in per_replica), (component, per_replica)
-
-
-def serving_line(log: Path) -> dict[str, Any]:
-    """The "serving" JSON log line a service prints once it listens."""
-    for line in log.read_text().splitlines():
-        record = json.loads(line)
-        if record.get("message") == "serving":
-            return record
-    raise AssertionError(f"no serving line in {log}")
 
 
 def test_services_run_with_the_rendered_limits(deployed):

@@ -23,7 +23,6 @@ import re
 import shlex
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -37,10 +36,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
+from music_analytics.client.demo import free_port
 from music_analytics.services.common.contract import SERVICES
-from tests.test_chart import (
+from tests.support.chart import (
     CHART,
     COMPONENTS,
     KUBE_VERSIONS,
@@ -64,8 +64,15 @@ from tests.test_chart import (
     render_docs,
     selects,
 )
-from tests.test_chart_processes import container_env, free_port, map_paths, mount_volumes, serving_line
-from tests.test_k8s_results import FakeKubeApi
+from tests.support.kube_api import FakeKubeApi
+from tests.support.rendered_pods import (
+    container_env,
+    health_status,
+    map_paths,
+    mount_volumes,
+    serving_line,
+    wait_probe_serving,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 CERT_MANAGER_SCHEMA = ROOT / "tests" / "schemas" / "cert-manager-v1.16.5-certificate.json"
@@ -432,7 +439,7 @@ def test_external_issuer_kinds_are_allowed():
 # ---------------------------------------------------------------- the rendered containers, run over mTLS
 
 
-def issue(dns_names: list[str], usages: list[str]) -> dict[str, bytes]:
+def issue_certificate(dns_names: list[str], usages: list[str]) -> dict[str, bytes]:
     """A CA and a certificate for dns_names, as cert-manager's CA issuer writes them into the Secret
     (tls.crt, tls.key, ca.crt). 127.0.0.1 is added: here the Services' names lead to loopback."""
     now = datetime.datetime.now(datetime.UTC)
@@ -475,20 +482,14 @@ def issue(dns_names: list[str], usages: list[str]) -> dict[str, bytes]:
     }
 
 
-def health_status(port: int, service: str, credentials: grpc.ChannelCredentials | None = None) -> int:
-    target = f"127.0.0.1:{port}"
-    with grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target) as channel:
-        request = health_pb2.HealthCheckRequest(service=service)
-        return health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status
-
-
 @pytest.fixture(scope="module")
 def mtls_deployed(tmp_path_factory: pytest.TempPathFactory):
     """The rendered services (TLS, client certificates required) as local processes, with the
     Secret cert-manager would write for the rendered Certificate."""
     docs = render_docs(copy.deepcopy(VALUE_SETS["issuer-mtls"]))
     (certificate,) = by_kind(docs, "Certificate")
-    secrets = {certificate["spec"]["secretName"]: issue(certificate["spec"]["dnsNames"], certificate["spec"]["usages"])}
+    spec = certificate["spec"]
+    secrets = {spec["secretName"]: issue_certificate(spec["dnsNames"], spec["usages"])}
     root = tmp_path_factory.mktemp("mtls")
     running: dict[str, dict[str, Any]] = {}
     try:
@@ -517,22 +518,10 @@ def mtls_deployed(tmp_path_factory: pytest.TempPathFactory):
                 stderr=log.open("wb"),
             )
             running[component] = {"container": container, "ports": ports, "process": process, "log": log}
-        deadline = time.monotonic() + 60
         for component, r in running.items():
+            # The kubelet's way: plaintext gRPC to the probe's port (the plain health port under TLS).
             probe = r["container"]["readinessProbe"]["grpc"]
-            while True:
-                assert r["process"].poll() is None, f"{component} exited: {r['log'].read_text()[-2000:]}"
-                try:
-                    # The kubelet's way: plaintext gRPC to the probe's port.
-                    if (
-                        health_status(r["ports"][probe["port"]], probe["service"])
-                        == health_pb2.HealthCheckResponse.SERVING
-                    ):
-                        break
-                except grpc.RpcError:
-                    pass
-                assert time.monotonic() < deadline, f"{component} not SERVING: {r['log'].read_text()[-2000:]}"
-                time.sleep(0.2)
+            wait_probe_serving(component, r["process"], r["log"], r["ports"][probe["port"]], probe["service"])
         yield docs, running, secrets, root
     finally:
         for r in running.values():

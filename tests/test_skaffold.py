@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from music_analytics.services.registry import SERVICES
-from tests.test_chart import by_kind, chart, render_docs
+from tests.support.chart import by_kind, chart, render_docs
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = ROOT / "tests" / "schemas" / "skaffold-v4beta14.json"
