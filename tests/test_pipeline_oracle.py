@@ -10,19 +10,7 @@ import pytest
 from music_analytics.client.generate import generate
 from tests.conftest import cli, run_pipeline
 from tests.oracle import oracle
-
-
-def assert_matches_oracle(results: dict, expected: dict) -> None:
-    assert list(results["mapreduce_results"]["top_songs"].items()) == [tuple(x) for x in expected["top_songs"]]
-    users = {u["user_id"]: {"total_time": u["total_time"], "top_artist": u["top_artist"]}
-             for u in results["userbehavior_results"]["users"]}  # fmt: skip
-    assert users == expected["users"]
-    assert [u["user_id"] for u in results["userbehavior_results"]["users"]] == sorted(expected["users"])
-    assert results["userbehavior_results"]["top_users"] == expected["top_users"]
-    assert results["recommendation_results"]["trending_songs"] == expected["trending"]
-    assert results["recommendation_results"]["recommendations"] == expected["recommendations"]
-    assert results["events_processed"] == sum(expected["song_counts"].values())
-    assert results["mapreduce_results"]["distinct_songs"] == len(expected["song_counts"])
+from tests.support.oracle_match import assert_matches_oracle
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from music_analytics.client.demo import LocalServices
 from music_analytics.client.generate import generate
 from tests.conftest import BIN, ROOT, run_pipeline
 from tests.oracle import oracle
-from tests.test_pipeline_oracle import assert_matches_oracle
+from tests.support.oracle_match import assert_matches_oracle
 
 
 @pytest.fixture(scope="module")

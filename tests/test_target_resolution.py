@@ -16,18 +16,22 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
 from music_analytics.client.demo import ServiceProcess, start_service
 from music_analytics.client.generate import generate
+from music_analytics.services.common.contract import HEALTH_SERVICE
 from tests.conftest import BIN, ROOT
 from tests.oracle import oracle
-from tests.test_pipeline_oracle import assert_matches_oracle
+from tests.support.oracle_match import assert_matches_oracle
+from tests.support.service_watch import metric_samples, wait_for
 
 DOMAIN = "music.svc.cluster.local"
 NAMES = {name: f"{name}-headless.{DOMAIN}" for name in ("mapreduce", "userbehavior", "recommendation")}
@@ -95,6 +99,32 @@ def batches_received(process: ServiceProcess) -> float:
     return 0.0
 
 
+def health_checks(process: ServiceProcess) -> float:
+    """Health checks the replica has been asked, by its own count."""
+    return sum(
+        value
+        for labels, value in metric_samples(process.metrics_port, "grpc_server_started_total", host=process.host)
+        if labels["grpc_service"] == HEALTH_SERVICE and labels["grpc_method"] == "Check"
+    )
+
+
+class Lines:
+    """A pipe's lines as they come, read by a thread, so a test can wait for one."""
+
+    def __init__(self, pipe: IO[str]) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(pipe,), daemon=True)
+        self._thread.start()
+
+    def _read(self, pipe: IO[str]) -> None:
+        for line in pipe:
+            self.lines.append(line)
+
+    def text(self) -> str:
+        self._thread.join(30)
+        return "".join(self.lines)
+
+
 def serve(started: list[ServiceProcess], tmp_path: Path, name: str, host: str, port: int = 0) -> ServiceProcess:
     process = start_service(name, tmp_path / f"{name}-{host}.log", grpc_port=port, host=host)
     started.append(process)
@@ -109,10 +139,13 @@ def test_names_that_resolve_late_are_waited_for(names: Names, started, tmp_path:
     client = names.client(
         data, tmp_path / "r.json", {n: p.grpc_port for n, p in services.items()}, "--wait-ready", "60"
     )
-    time.sleep(6)  # longer than one progress report
-    assert client.poll() is None, client.communicate()
+    stderr_lines = Lines(client.stderr)
+    # The names are published once the client has said, in its log, what it is waiting for.
+    wait_for(lambda: any('"waiting for replicas"' in line for line in stderr_lines.lines), 30, "the wait's report")
+    assert client.poll() is None, stderr_lines.text()
     names.publish({NAMES[n]: [p.host] for n, p in services.items()})
-    _, stderr = client.communicate(timeout=120)
+    client.wait(timeout=120)
+    stderr = stderr_lines.text()
     assert client.returncode == 0, stderr
     # While waiting, the log said what for.
     waits = [json.loads(line) for line in stderr.splitlines() if '"waiting for replicas"' in line]
@@ -145,8 +178,10 @@ def test_expected_replicas_that_become_ready_later_are_used(names: Names, starte
     names.publish(records | {NAMES["userbehavior"]: [first.host]})  # one pod Ready so far
     data = ROOT / "data" / "stream_data.csv"
     ports = {"userbehavior": first.grpc_port} | {n: p.grpc_port for n, p in others.items()}
+    checked_before = health_checks(first)
     client = names.client(data, tmp_path / "r.json", ports, "--wait-ready", "60", "--expect-replicas", "userbehavior=2")
-    time.sleep(3)
+    # Once the client has checked the first replica, it has resolved the name to it alone.
+    wait_for(lambda: health_checks(first) > checked_before, 30, "the client's first health check")
     assert client.poll() is None, client.communicate()
     names.publish(records | {NAMES["userbehavior"]: [first.host, second.host]})  # the second is Ready
     _, stderr = client.communicate(timeout=120)
