@@ -15,24 +15,12 @@ import tomllib
 from pathlib import Path
 
 from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
 from packaging.version import Version
+
+from tests.support.requirements_pins import pins
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATED = ROOT / "proto" / "gen"
-
-
-def pins(path: Path) -> dict[str, str]:
-    """Canonical name -> version, as written, of every `name==version` line of a requirements file."""
-    found = {}
-    for line in path.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            requirement = Requirement(line)
-            (spec,) = requirement.specifier
-            assert spec.operator == "==", f"{path.name}: {line} is not an exact pin"
-            found[canonicalize_name(requirement.name)] = spec.version
-    return found
 
 
 def pinned_versions(path: Path) -> dict[str, Version]:

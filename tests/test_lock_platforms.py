@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from packaging.utils import canonicalize_name
 
-from tests.test_build_pins import pins
+from tests.support.requirements_pins import pins
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("MUSIC_ANALYTICS_WHEEL_CACHE", "/var/tmp/music-analytics-wheels"))
