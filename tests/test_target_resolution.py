@@ -1,4 +1,4 @@
-"""The client against names that change, as a headless Service's do: the k8s-fixes race.
+"""The client against names that change, as a headless Service's do, while the Job starts with the pods.
 
 A headless Service's DNS name lists a pod only once it is Ready, so when the Job starts with the
 Deployments, the name may resolve to nothing, then to one pod, then to two; a rolling restart
