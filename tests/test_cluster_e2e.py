@@ -35,6 +35,8 @@ from music_analytics.client.generate import generate
 from music_analytics.services.registry import SERVICES
 from tests.conftest import ROOT, require_binary
 from tests.oracle import oracle
+from tests.support.prometheus import Prometheus, dashboard_queries, series_with_data, variable_values
+from tests.support.waiting import wait_until
 
 CLUSTER_DIR = ROOT / "k8s" / "cluster"
 OUT = ROOT / "build" / "cluster-e2e"
@@ -210,17 +212,6 @@ def cluster() -> Iterator[Cluster]:
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def wait_until(what: str, check: Callable[[], Any], timeout: float, interval: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
-
-
 def deployment(name: str) -> str:
     return f"{FULLNAME}-{name}"
 
@@ -393,7 +384,7 @@ def edit(docs):
 
 def test_job_completes_on_first_attempt_despite_a_slow_service(cluster: Cluster, evidence):
     """The Job, started with the services, completes on its first attempt; its results ConfigMap
-    holds exactly the oracle's summary of the bundled data (k8s-fixes item 1)."""
+    holds exactly the oracle's summary of the bundled data."""
     c = cluster
     name = job_named(c, 1)
     job = wait_job(c, name)
@@ -412,7 +403,7 @@ def test_job_completes_on_first_attempt_despite_a_slow_service(cluster: Cluster,
 
 
 def test_helm_test_logs_prints_each_services_health_and_reflection(cluster: Cluster, evidence):
-    """`helm test --logs` passes and prints every service's health and reflection check (item 2)."""
+    """`helm test --logs` passes and prints every service's health and reflection check."""
     proc = cluster.helm("test", RELEASE, "-n", NAMESPACE, "--logs", "--timeout", "5m", check=False)
     evidence["output"] = (proc.stdout + proc.stderr).strip().splitlines()[-40:]
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -538,7 +529,7 @@ def test_service_pod_deleted_during_the_job_loses_nothing(cluster: Cluster, big_
 
 def test_rollout_restart_during_the_job_loses_nothing(cluster: Cluster, big_data, tmp_path, evidence):
     """`kubectl rollout restart` of a streaming service while the Job runs: the results are still exact,
-    and the old pods kept serving through their shutdown delay (item 9)."""
+    and the old pods kept serving through their shutdown delay."""
     server, _ = big_data
     c = cluster
     restarted: dict[str, str] = {}
@@ -555,7 +546,7 @@ def test_rollout_restart_during_the_job_loses_nothing(cluster: Cluster, big_data
 
 
 def test_job_that_cannot_store_its_results_fails(cluster: Cluster, tmp_path, evidence):
-    """The Job's Role is removed before it runs: the Job fails, on its first attempt, saying why (item 5)."""
+    """The Job's Role is removed before it runs: the Job fails, on its first attempt, saying why."""
     c = cluster
     no_role = post_renderer(tmp_path, "drop-role", """
 def edit(docs):
@@ -578,11 +569,9 @@ def edit(docs):
 
 
 def test_monitoring_objects_apply_and_prometheus_scrapes_every_pod(cluster: Cluster, tmp_path, evidence):
-    """Without the Prometheus Operator CRDs, asking for a ServiceMonitor fails saying how to get them
-    (item 7); with the pinned prometheus-operator CRDs the monitoring objects apply; Prometheus on the
+    """Without the Prometheus Operator CRDs, asking for a ServiceMonitor fails saying how to get them;
+    with the pinned prometheus-operator CRDs the monitoring objects apply; Prometheus on the
     host discovers the pods through the API and scrapes every one; every dashboard query returns data."""
-    from tests.test_observability import Stack, dashboard_queries, series_with_data, variable_values
-
     c = cluster
     monitoring = {
         "serviceMonitor": {"enabled": True},
@@ -656,17 +645,17 @@ def test_monitoring_objects_apply_and_prometheus_scrapes_every_pod(cluster: Clus
              f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
             stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("wb"),
         ))  # fmt: skip
-        stack = Stack(None, f"http://127.0.0.1:{prom_port}", f"http://{c.node_ip}:{pg_port}", started, tmp_path)  # type: ignore[arg-type]
+        prometheus = Prometheus(f"http://127.0.0.1:{prom_port}", started)
         service_pods = sum(len(pods(c, s)) for s in SERVICES)
 
         def scraped() -> list | None:
             try:
-                up = stack.query('up{job="kubernetes-pods"} == 1')["data"]["result"]
+                up = prometheus.query('up{job="kubernetes-pods"} == 1')["data"]["result"]
             except OSError:
                 return None
             return up if len(up) == service_pods else None
 
-        up = wait_until(f"Prometheus to scrape all {service_pods} service pods", scraped, 120)
+        up = wait_until(f"Prometheus to scrape all {service_pods} service pods", scraped, 120, 1.0)
         evidence["scraped_pods"] = sorted(s["metric"]["pod"] for s in up)
         wait_job(c, job_named(c, revision(c)))
         # One more run while Prometheus watches (the last one may have ended before its first
@@ -675,19 +664,20 @@ def test_monitoring_objects_apply_and_prometheus_scrapes_every_pod(cluster: Clus
         targets.write_text(json.dumps(annotated_targets(c)))
         job = wait_job(c, job_named(c, revision(c)))
         assert job["status"].get("succeeded") == 1, job["status"]
-        time.sleep(5)  # a few scrapes after the run, so rates have two points
+        # Rates need two samples after the run's last change: two scrapes of every pod from now.
+        prometheus.wait_scraped_since(time.time())
         failures, checked = [], 0
         for path in sorted((CHART / "files" / "dashboards").glob("*.json")):
             dashboard = json.loads(path.read_text())
-            for variables in variable_values(stack, dashboard):
+            for variables in variable_values(prometheus, dashboard):
                 for query in dashboard_queries(dashboard, variables):
-                    reply = stack.query_range(query.expr)
+                    reply = prometheus.query_range(query.expr)
                     checked += 1
                     if reply.get("status") != "success" or not series_with_data(reply):
                         failures.append(f"{path.stem} {query.source}: {query.expr}")
         evidence["dashboard_queries"] = {"checked": checked, "without_data": failures}
         assert checked >= 20 and not failures, failures
-        loaded = stack.api("rules")["data"]["groups"]
+        loaded = prometheus.api("rules")["data"]["groups"]
         evidence["alert_rules_loaded"] = sum(len(g["rules"]) for g in loaded)
         assert loaded and all(r.get("health") == "ok" for g in loaded for r in g["rules"]), loaded
     finally:

@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import require_binary
+from tests.support.prometheus import dashboard_panels
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD_DIR = ROOT / "charts" / "music-analytics" / "files" / "dashboards"
@@ -30,14 +30,8 @@ def load(name: str) -> dict:
     return json.loads((DASHBOARD_DIR / name).read_text())
 
 
-def panels(dashboard: dict) -> Iterator[dict]:
-    for panel in dashboard["panels"]:
-        yield panel
-        yield from panel.get("panels", [])
-
-
 def exprs(dashboard: dict) -> list[str]:
-    return [t["expr"] for p in panels(dashboard) for t in p.get("targets", [])]
+    return [t["expr"] for p in dashboard_panels(dashboard) for t in p.get("targets", [])]
 
 
 @pytest.fixture(params=sorted(EXPECTED))
@@ -62,7 +56,7 @@ def test_datasource_is_a_variable_used_everywhere(dashboard: dict) -> None:
     for var in dashboard["templating"]["list"]:
         if var["type"] == "query":
             assert var["datasource"] == DATASOURCE, var["name"]
-    for panel in panels(dashboard):
+    for panel in dashboard_panels(dashboard):
         if panel["type"] == "row":
             continue
         assert panel["datasource"] == DATASOURCE, panel["title"]
@@ -71,10 +65,10 @@ def test_datasource_is_a_variable_used_everywhere(dashboard: dict) -> None:
 
 
 def test_panels_are_complete_and_laid_out_on_the_grid(dashboard: dict) -> None:
-    ids = [p["id"] for p in panels(dashboard)]
+    ids = [p["id"] for p in dashboard_panels(dashboard)]
     assert len(ids) == len(set(ids)), "duplicate panel ids"
     cells: dict[tuple[int, int], str] = {}
-    for panel in panels(dashboard):
+    for panel in dashboard_panels(dashboard):
         pos = panel["gridPos"]
         assert pos["x"] >= 0 and pos["w"] > 0 and pos["x"] + pos["w"] <= 24, panel["title"]
         for x in range(pos["x"], pos["x"] + pos["w"]):
@@ -112,7 +106,7 @@ def test_service_dashboard_drills_down_by_service() -> None:
     (var,) = [v for v in dashboard["templating"]["list"] if v["name"] == "service"]
     assert var["type"] == "query" and not var["includeAll"] and not var["multi"]
     assert re.fullmatch(r"label_values\(\w+, service\)", var["query"]["query"])
-    for panel in panels(dashboard):
+    for panel in dashboard_panels(dashboard):
         for target in panel.get("targets", []):
             assert "$service" in target["expr"], f"{panel['title']}: not filtered by $service"
 
@@ -228,7 +222,7 @@ def test_calls_refused_by_services_and_csv_rows_skipped_by_the_client_stay_apart
     them, and each panel's title says which one it counts."""
     seen = {"service": 0, "client": 0}
     for name in sorted(EXPECTED):
-        for panel in panels(load(name)):
+        for panel in dashboard_panels(load(name)):
             text = " ".join(t["expr"] for t in panel.get("targets", []))
             service = "music_analytics_calls_rejected_total" in text
             client = "music_analytics_client_rows_rejected_total" in text

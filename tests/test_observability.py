@@ -14,19 +14,13 @@ missing binaries fail the tests under CI (CI=true) and skip them elsewhere.
 from __future__ import annotations
 
 import json
-import math
-import re
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -34,6 +28,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from music_analytics.client.demo import LocalServices, free_port
 from tests.conftest import require_binary
+from tests.support.prometheus import (
+    GRAFANA_VARS,
+    Prometheus,
+    dashboard_queries,
+    http_get,
+    metric_names,
+    series_with_data,
+    template_queries,
+    variable_values,
+)
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART_FILES = ROOT / "charts" / "music-analytics" / "files"
@@ -42,75 +47,8 @@ RULES = CHART_FILES / "prometheus-rules.yaml"
 BIN = Path(sys.executable).parent
 SERVICES = ("mapreduce", "userbehavior", "recommendation")
 
-# What Grafana substitutes. The rate window spans several 1s scrapes, as $__rate_interval would.
-GRAFANA_VARS = {"__rate_interval": "30s", "__interval": "2s", "__range": "10m", "datasource": "prometheus"}
 # Series Prometheus itself adds for every target: not in any scrape.
 SYNTHETIC = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
-PROMQL_WORDS = {
-    "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
-    "offset", "bool", "inf", "nan", "atan2",
-}  # fmt: skip
-
-
-# --- PromQL helpers -------------------------------------------------------------------------
-
-
-def substitute(expr: str, variables: dict[str, str]) -> str:
-    """Replace Grafana's $var, ${var} and [[var]] forms; fail on any left over."""
-    for name, value in sorted(variables.items(), key=lambda kv: -len(kv[0])):
-        expr = expr.replace("${" + name + "}", value).replace("[[" + name + "]]", value)
-        expr = re.sub(r"\$" + re.escape(name) + r"\b", value, expr)
-    assert "$" not in expr, f"unsubstituted variable in {expr!r}"
-    return expr
-
-
-def metric_names(expr: str) -> set[str]:
-    """The metric names a PromQL expression selects (a tokenizer, not a parser: enough for ours)."""
-    s = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
-    s = re.sub(r"\{[^}]*\}", " ", s)
-    s = re.sub(r"\[[^\]]*\]", " ", s)
-    s = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", s)
-    names = set()
-    for match in re.finditer(r"(?<![\w.])[a-zA-Z_:][a-zA-Z0-9_:]*", s):
-        word = match.group(0)
-        if s[match.end() :].lstrip().startswith("(") or word.lower() in PROMQL_WORDS:
-            continue  # a function or aggregation, or a keyword
-        names.add(word)
-    return names
-
-
-@dataclass
-class Query:
-    source: str  # where the expression comes from, for messages
-    expr: str
-
-
-def dashboard_panels(dashboard: dict) -> Iterator[dict]:
-    for panel in dashboard["panels"]:
-        yield panel
-        yield from panel.get("panels", [])  # collapsed rows hold their panels
-
-
-def dashboard_queries(dashboard: dict, variables: dict[str, str]) -> list[Query]:
-    queries = []
-    for panel in dashboard_panels(dashboard):
-        for target in panel.get("targets", []):
-            source = f"{dashboard['uid']} / {panel['title']} / {target['refId']}"
-            queries.append(Query(source, substitute(target["expr"], variables)))
-    return queries
-
-
-def template_queries(dashboard: dict) -> dict[str, tuple[str, str]]:
-    """name -> (metric, label) of each `label_values(metric, label)` query variable."""
-    found = {}
-    for var in dashboard["templating"]["list"]:
-        if var["type"] != "query":
-            continue
-        query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
-        match = re.fullmatch(r"\s*label_values\(\s*([^,]+?)\s*,\s*(\w+)\s*\)\s*", query)
-        assert match, f"{dashboard['uid']}: variable {var['name']}: unsupported query {query!r}"
-        found[var["name"]] = (match.group(1), match.group(2))
-    return found
 
 
 def alert_rules() -> list[dict]:
@@ -120,50 +58,17 @@ def alert_rules() -> list[dict]:
 # --- the stack --------------------------------------------------------------------------------
 
 
-def http_get(url: str, timeout: float = 5.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return response.read()
-
-
 @dataclass
-class Stack:
+class Stack(Prometheus):
+    """Prometheus (``url``) scraping ``services`` and a Pushgateway the pipeline pushed to."""
+
     services: LocalServices
-    prometheus: str  # base URL
     pushgateway: str
-    started: float
     workdir: Path
     results: dict = field(default_factory=dict)
 
-    def api(self, path: str, **params: str) -> dict:
-        url = f"{self.prometheus}/api/v1/{path}?{urllib.parse.urlencode(params)}"
-        try:
-            body = http_get(url, timeout=10)
-        except urllib.error.HTTPError as exc:
-            body = exc.read()
-        return json.loads(body)
-
-    def query(self, expr: str) -> dict:
-        return self.api("query", query=expr)
-
-    def query_range(self, expr: str) -> dict:
-        return self.api("query_range", query=expr, start=f"{self.started:.3f}", end=f"{time.time():.3f}", step="1")
-
     def metrics_urls(self) -> dict[str, str]:
         return {p.name: f"http://127.0.0.1:{p.metrics_port}/metrics" for p in self.services.all()}
-
-
-def wait_for(what: str, check: Any, timeout: float = 30.0, interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = check()
-        except (OSError, ValueError):
-            result = None
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 def write_csv(path: Path) -> int:
@@ -292,15 +197,15 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
                 stderr=logs[1],
             )
         )
-        s = Stack(services, f"http://127.0.0.1:{prom_port}", f"http://127.0.0.1:{pg_port}", started, workdir)
-        wait_for("Prometheus ready", lambda: http_get(f"{s.prometheus}/-/ready"))
-        wait_for("Pushgateway ready", lambda: http_get(f"{s.pushgateway}/-/ready"))
+        s = Stack(f"http://127.0.0.1:{prom_port}", started, services, f"http://127.0.0.1:{pg_port}", workdir)
+        wait_until("Prometheus ready", lambda: http_get(f"{s.url}/-/ready"), 30, ignore=(OSError,))
+        wait_until("Pushgateway ready", lambda: http_get(f"{s.pushgateway}/-/ready"), 30, ignore=(OSError,))
 
         def all_up() -> bool:
             targets = s.api("targets")["data"]["activeTargets"]
             return len(targets) == len(services.all()) + 1 and all(t["health"] == "up" for t in targets)
 
-        wait_for("every target scraped", all_up)
+        wait_until("every target scraped", all_up, 30, ignore=(OSError,))
 
         # The pipeline, with bad rows, pushing its own metrics.
         data, out = workdir / "events.csv", workdir / "results.json"
@@ -329,15 +234,18 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             assert bad.returncode == 64 + 3, f"{method}: exit {bad.returncode}\n{bad.stdout}{bad.stderr}"
             assert "InvalidArgument" in bad.stderr, bad.stderr
 
-        # Prometheus has seen all of it, and a few scrapes more (rates need samples after the run).
-        wait_for(
+        # Prometheus has seen all of it, and scraped twice more since: rate() and increase() need
+        # two samples after the last change to show it.
+        finished = time.time()
+        s.wait_scraped_since(finished)
+        wait_until(
             "the bad RPCs and the pushed metrics in Prometheus",
             lambda: (
                 len(s.query('grpc_server_handled_total{grpc_code="InvalidArgument"} > 0')["data"]["result"]) == 3
                 and s.query("music_analytics_client_events_read_total")["data"]["result"]
             ),
+            30,
         )
-        time.sleep(3)
         yield s
     finally:
         for process in reversed(processes):
@@ -355,27 +263,6 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 
 # --- tests ------------------------------------------------------------------------------------
-
-
-def series_with_data(response: dict) -> list[dict]:
-    """Result series holding at least one finite value (NaN is what Grafana shows as a gap)."""
-    found = []
-    for series in response["data"]["result"]:
-        values = series.get("values") or [series["value"]]
-        if any(math.isfinite(float(v)) for _, v in values):
-            found.append(series)
-    return found
-
-
-def variable_values(stack: Stack, dashboard: dict) -> list[dict[str, str]]:
-    """Every combination of template variable values, from the live label values."""
-    combos: list[dict[str, str]] = [dict(GRAFANA_VARS)]
-    for name, (metric, label) in template_queries(dashboard).items():
-        reply = stack.api(f"label/{label}/values", **{"match[]": metric})
-        values = reply["data"]
-        assert values, f"{dashboard['uid']}: variable ${name} has no values"
-        combos = [combo | {name: value} for combo in combos for value in values]
-    return combos
 
 
 def test_template_variables_list_every_service(stack: Stack) -> None:
@@ -505,9 +392,9 @@ def test_client_run_pushed_its_metrics(stack: Stack) -> None:
 def test_service_down_alerts_fire_when_a_service_stops(stack: Stack) -> None:
     (process,) = stack.services.processes["recommendation"]
     assert process.stop() == 0
-    down = wait_for("MusicAnalyticsTargetDown", lambda: firing_expr(stack, "MusicAnalyticsTargetDown"), 15)
+    down = wait_until("MusicAnalyticsTargetDown", lambda: firing_expr(stack, "MusicAnalyticsTargetDown"), 15)
     assert [(d["metric"]["service"], d["metric"]["instance"]) for d in down] == [
         ("recommendation", f"127.0.0.1:{process.metrics_port}")
     ]
-    gone = wait_for("MusicAnalyticsServiceDown", lambda: firing_expr(stack, "MusicAnalyticsServiceDown"), 15)
+    gone = wait_until("MusicAnalyticsServiceDown", lambda: firing_expr(stack, "MusicAnalyticsServiceDown"), 15)
     assert [g["metric"]["service"] for g in gone] == ["recommendation"]
