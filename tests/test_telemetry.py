@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from music_analytics.client.demo import free_port
 from music_analytics.client.telemetry import PushgatewayError, pipeline_registry, push_pipeline_metrics
 from tests.conftest import require_binary
+from tests.support.waiting import wait_until
 
 RUN = {
     "events_read": 1050,
@@ -154,15 +155,13 @@ def test_round_trip_through_a_real_pushgateway() -> None:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/-/ready", timeout=1).close()
-                break
-            except OSError:
-                assert gateway.poll() is None, f"pushgateway exited with code {gateway.returncode}"
-                assert time.monotonic() < deadline, "pushgateway not ready"
-                time.sleep(0.1)
+
+        def ready() -> bool:
+            assert gateway.poll() is None, f"pushgateway exited with code {gateway.returncode}"
+            urllib.request.urlopen(f"{url}/-/ready", timeout=1).close()
+            return True
+
+        wait_until("the pushgateway to be ready", ready, timeout=15, interval=0.1, ignore=(OSError,))
         push_pipeline_metrics(url, **RUN)
         second = RUN | {"rows_rejected": {"empty_field": 1}, "events_read": 11, "events_processed": 10}
         push_pipeline_metrics(url, **second)
