@@ -41,7 +41,7 @@ ORACLE = next((p for p in (ROOT / "tests" / "oracle.py", Path.cwd() / "tests" / 
 DEFAULT_DATA_DIR = ROOT / "bench" / "data"
 DEFAULT_OUT = ROOT / "bench" / "results.json"
 
-# Issue 3's targets: pipeline wall time at most this many times DuckDB's, peak RSS per process.
+# The targets: pipeline wall time at most this many times DuckDB's, peak RSS per process.
 RATIO_TARGETS = {1_000_000: 1.2, 10_000_000: 1.5}
 RSS_TARGET_MB = 600
 QUICK_SIZE = 100_000
