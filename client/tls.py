@@ -53,6 +53,8 @@ SERVER_NAME = TlsOption(
 
 @dataclass(frozen=True)
 class ClientTls:
+    """The client's TLS, checked: PEM bytes as gRPC takes them (no client certificate: plain TLS)."""
+
     root_certificates: bytes
     certificate_chain: bytes | None = None
     private_key: bytes | None = None
@@ -75,10 +77,10 @@ class ClientTls:
 def load_client_tls(ca: str | None, cert: str | None, key: str | None, server_name: str | None) -> ClientTls | None:
     """The client's TLS from the flags' values (None: unset, then the environment is read);
     None means plaintext. Raises TlsSettingError naming the flag or variable and the file."""
-    values = {
-        opt: _given(value, opt) for opt, value in ((CA, ca), (CERT, cert), (KEY, key), (SERVER_NAME, server_name))
-    }
-    (ca_path, ca_from), (cert_path, cert_from), (key_path, key_from), (name, name_from) = values.values()
+    ca_path, ca_from = _given(ca, CA)
+    cert_path, cert_from = _given(cert, CERT)
+    key_path, key_from = _given(key, KEY)
+    name, name_from = _given(server_name, SERVER_NAME)
     if ca_path is None:
         for path, source in ((cert_path, cert_from), (key_path, key_from), (name, name_from)):
             if path is not None:
