@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from music_analytics.client.demo import free_port
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = Path(os.environ.get("MUSIC_ANALYTICS_PODMAN_CACHE", "/var/tmp/music-analytics-podman"))
@@ -63,12 +65,6 @@ def podman(*args: str, check: bool = True, timeout: float = 300) -> subprocess.C
     if check and result.returncode != 0:
         raise AssertionError(f"podman {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return result
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -121,15 +117,16 @@ def test_service_container_serves_health_reflection_metrics(image: str):
     try:
         target = f"127.0.0.1:{grpc_port}"
         request = '{"service":"music.v1.MapReduceService"}'
-        deadline = time.monotonic() + 60
-        while True:
+
+        def answered() -> subprocess.CompletedProcess[str] | None:
             health = grpcurl("-plaintext", "-d", request, target, "grpc.health.v1.Health/Check")
             if health.returncode == 0:
-                break
+                return health
             state = podman("inspect", name, "--format", "{{.State.Status}}").stdout.strip()
             assert state == "running", podman("logs", name).stderr[-3000:]
-            assert time.monotonic() < deadline, health.stderr
-            time.sleep(0.5)
+            return None
+
+        health = wait_until("the container's health check to answer", answered, timeout=60, interval=0.5)
         assert json.loads(health.stdout) == {"status": "SERVING"}
         listed = grpcurl("-plaintext", target, "list")
         assert listed.returncode == 0, listed.stderr
