@@ -108,10 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    if (sys.argv[1:] if argv is None else list(argv))[:1] == ["run"]:
-        # gRPC core logs every failed TLS handshake at INFO on stderr; the client says what failed
-        # in its own one-line error. Read once, when grpc is first imported: set it before that.
-        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    # gRPC core logs every failed TLS handshake (and more) at INFO on stderr, as plain text: the
+    # client says what failed in its own one-line error, the services log JSON lines only. Read
+    # once, when grpc is first imported: set it before that. A user's own setting wins.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)

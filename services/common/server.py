@@ -22,6 +22,7 @@ from prometheus_client import start_http_server
 from music_analytics.services.common import logging as json_logging
 from music_analytics.services.common.config import SETTINGS, CallLimits, ConfigError, ServerConfig
 from music_analytics.services.common.contract import HEALTH_SERVICE, ServiceContract
+from music_analytics.services.common.contract import SERVICES as CONTRACTS
 from music_analytics.services.common.interceptor import CallInterceptor
 from music_analytics.services.common.metrics import ServiceMetrics
 
@@ -228,9 +229,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     Flags are taken as text and checked with the environment's values by ServerConfig.from_env,
     so a bad value reads the same whichever way it came.
     """
-    from music_analytics.services.registry import SERVICES
-
-    parser.add_argument("service", choices=tuple(SERVICES))
+    # The contract's names, not the registry's servicers: --help and a bad flag stay fast.
+    parser.add_argument("service", choices=tuple(CONTRACTS))
     for setting in SETTINGS:
         if setting.flag:
             parser.add_argument(
