@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import struct
 from collections.abc import Iterator
 
 import numpy as np
@@ -35,6 +36,10 @@ def string_array(offsets: bytes, data: bytes, what: str, max_count: int) -> pa.A
         raise InvalidBatchError(
             f"{what}: {count} entries for {max_count} rows; a dictionary may hold only strings its rows use"
         )
+    # Arrow checks no offset of an array of no strings: the first and last are checked here.
+    first, last = struct.unpack_from("<i", offsets, 0)[0], struct.unpack_from("<i", offsets, 4 * count)[0]
+    if first < 0 or last > len(data):
+        raise InvalidBatchError(f"{what}: offsets span {first}..{last}, outside the {len(data)} bytes of data")
     try:
         arr = pa.Array.from_buffers(pa.string(), count, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
         arr.validate(full=True)
