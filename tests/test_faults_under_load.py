@@ -216,7 +216,10 @@ def load_phase(fleet: Fleet, prober: HealthProber, data: Path, work: Path, expec
         finish(load, 300)
     for p in load:
         judge(p, expected, may_fail=True)
-    terminated_code = fleet.replicas[TERMINATED].process.wait(STOP_TIMEOUT_SECONDS)
+    try:
+        terminated_code: int | None = fleet.replicas[TERMINATED].process.wait(STOP_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        terminated_code = None  # stop_all kills it
     # The calls it had to drain, as it logged them when the signal came.
     draining = [
         json.loads(line)["in_flight"]
@@ -239,7 +242,9 @@ def load_phase(fleet: Fleet, prober: HealthProber, data: Path, work: Path, expec
     s.problems["results"] += [f"{p.name}: {p.outcome}" for p in load if p.outcome not in ("exact", "clear error")]
     if not any(p.recoveries.get("mapreduce") for p in load):
         s.problems["results"].append(f"no pipeline rebuilt a MapReduce shard: the kill of {KILLED} missed every run")
-    if terminated_code != 0:
+    if terminated_code is None:
+        s.problems["processes"].append(f"{TERMINATED} still running {STOP_TIMEOUT_SECONDS}s after SIGTERM")
+    elif terminated_code != 0:
         s.problems["processes"].append(f"{TERMINATED} exited {terminated_code} after one SIGTERM, not 0")
     died = {r: p.process.returncode for r, p in fleet.live().items() if p.process.poll() is not None}
     if died:
@@ -285,6 +290,7 @@ def memory_phase(fleet: Fleet, prober: HealthProber, data: Path, work: Path, exp
 
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
+    assert MEMORY_RUNS > RSS_BASELINE_RUN, f"MUSIC_ANALYTICS_FAULTS_RUNS must be more than {RSS_BASELINE_RUN}"
     started = time.monotonic()
     root = tmp_path_factory.mktemp("faults-under-load")
     data, work = root / f"events-{EVENTS}.csv", root / "runs"
@@ -311,7 +317,9 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
         exit_codes = fleet.stop_all()
 
     for replica, code in exit_codes.items():
-        if fleet.signalled.get(replica) != "SIGKILL" and code != 0:
+        if code is None:
+            s.problems["processes"].append(f"{replica} still running {STOP_TIMEOUT_SECONDS}s after SIGTERM: killed")
+        elif fleet.signalled.get(replica) != "SIGKILL" and code != 0:
             s.problems["processes"].append(f"{replica} exited {code} after SIGTERM, not 0")
         log = fleet.replicas[replica].log_path.read_text(errors="replace")
         if "Traceback" in log:
