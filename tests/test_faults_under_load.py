@@ -31,8 +31,10 @@ from music_analytics.client.demo import ServiceProcess, free_port, start_service
 from music_analytics.services.common.contract import SERVICES
 from tests.conftest import BIN, ROOT, cli
 from tests.oracle import oracle
+from tests.support.metrics import scrape, value
 from tests.support.oracle_match import oracle_mismatches
-from tests.support.service_watch import HealthProber, metric_total, rss_kib, wait_for
+from tests.support.service_watch import HealthProber, rss_kib
+from tests.support.waiting import wait_until
 
 EVENTS = int(os.environ.get("MUSIC_ANALYTICS_FAULTS_EVENTS", "150000"))
 PIPELINES = int(os.environ.get("MUSIC_ANALYTICS_FAULTS_PIPELINES", "8"))
@@ -86,7 +88,8 @@ class Fleet:
         self.replicas[replica].process.send_signal(signum)
 
     def inflight(self, replica: str) -> float:
-        return metric_total(self.replicas[replica].metrics_port, INFLIGHT)
+        process = self.replicas[replica]
+        return value(scrape(process), INFLIGHT, service=process.name)
 
     def stop_all(self) -> dict[str, int | None]:
         """SIGTERM once to every process still running, then each one's exit code (None: it did
@@ -178,14 +181,14 @@ def wait_streaming(fleet: Fleet, replica: str, streams: int, pipelines: list[Pip
         seen = max(seen, fleet.inflight(replica))
         return seen >= streams
 
-    wait_for(enough, 120, f"{replica} to serve {streams} streams", interval=0.01)
+    wait_until(f"{replica} to serve {streams} streams", enough, 120, interval=0.01)
     return seen
 
 
 def settled_rss(fleet: Fleet) -> dict[str, int]:
     """Each live replica's RSS (KiB), once no call is in flight on any (a finished client's call
     may still be unwinding on the server)."""
-    wait_for(lambda: all(fleet.inflight(r) == 0 for r in fleet.live()), 30, "every call to end")
+    wait_until("every call to end", lambda: all(fleet.inflight(r) == 0 for r in fleet.live()), 30, interval=0.05)
     return {replica: rss_kib(process.process.pid) for replica, process in fleet.live().items()}
 
 

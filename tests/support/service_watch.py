@@ -1,17 +1,14 @@
-"""Watching running service processes from outside: health probes, metrics, resident memory."""
+"""Watching running service processes from outside: health probes and resident memory."""
 
 from __future__ import annotations
 
 import threading
 import time
-import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 
 def rss_kib(pid: int) -> int:
@@ -20,31 +17,6 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise LookupError(f"no VmRSS for pid {pid} (a zombie has none)")
-
-
-def metric_samples(metrics_port: int, name: str, host: str = "127.0.0.1") -> list[tuple[dict[str, str], float]]:
-    """Every sample of metric ``name`` (labels, value) that the service's /metrics serves now."""
-    body = urllib.request.urlopen(f"http://{host}:{metrics_port}/metrics", timeout=5).read().decode()
-    return [
-        (sample.labels, sample.value)
-        for family in text_string_to_metric_families(body)
-        for sample in family.samples
-        if sample.name == name
-    ]
-
-
-def metric_total(metrics_port: int, name: str) -> float:
-    """The sum of every series of ``name``: one number for a metric labelled only by its service."""
-    return sum(value for _, value in metric_samples(metrics_port, name))
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
-    """Return once ``condition()`` is true; AssertionError naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass
