@@ -9,7 +9,7 @@ import grpc
 
 from music_analytics.api import mapreduce_pb2, recommendation_pb2
 from music_analytics.client.merge import UserResult
-from music_analytics.client.replicas import Replicas, ServiceError, describe, replica_lost
+from music_analytics.client.replicas import BusyBackoff, Replicas, ServiceError, describe, replica_busy, replica_lost
 from music_analytics.services.common.contract import MAX_TRENDING_N, TRENDING_SONGS, USERS_PER_MESSAGE
 
 __all__ = ["TrendingMasks", "recommend"]
@@ -68,7 +68,9 @@ def recommend(
             )
 
     errors = []
-    for _attempt in range(3 * max(len(replicas.endpoints), 1)):
+    busy = BusyBackoff(replicas.service.name, wait)
+    attempts = 0
+    while attempts < 3 * max(len(replicas.endpoints), 1):
         endpoint = replicas.pick(wait)
         call = endpoint.channel.stream_stream(
             replicas.service.method,
@@ -80,8 +82,12 @@ def recommend(
         try:
             return _read_answer(replies, source)
         except grpc.RpcError as exc:
+            if replica_busy(exc):
+                busy.pause(exc)
+                continue
             if not replica_lost(exc):
                 raise ServiceError(f"{source} failed: {describe(exc)}") from None
+            attempts += 1
             endpoint.alive = False
             errors.append(f"{endpoint.address}: {describe(exc)}")
         except ServiceError:

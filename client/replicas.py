@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from music_analytics.client.targets import ResolutionError, Target
 from music_analytics.client.tls import CA, CERT, KEY, SERVER_NAME, ClientTls
-from music_analytics.services.common.contract import MAX_MESSAGE_BYTES, ServiceContract
+from music_analytics.services.common.contract import BUSY_DETAILS_PREFIX, MAX_MESSAGE_BYTES, ServiceContract
 
 log = logging.getLogger(__name__)
 
@@ -241,3 +241,36 @@ def unreachable_reason(exc: grpc.RpcError, tls: ClientTls | None = None, checked
 
 def replica_lost(exc: BaseException | None) -> bool:
     return isinstance(exc, grpc.RpcError) and hasattr(exc, "code") and exc.code() in REPLICA_LOST
+
+
+def replica_busy(exc: BaseException | None) -> bool:
+    """The replica refused the call for capacity (all its slots taken): worth retrying later."""
+    return (
+        isinstance(exc, grpc.RpcError)
+        and hasattr(exc, "code")
+        and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        and (exc.details() or "").startswith(BUSY_DETAILS_PREFIX)
+    )
+
+
+class BusyBackoff:
+    """Waits between retries of calls refused as busy, until ``wait`` seconds have passed.
+
+    A busy replica is healthy: the call is retried (on whichever replica is picked next) after
+    a growing pause, instead of failing a run that would fit a moment later.
+    """
+
+    def __init__(self, service: str, wait: float) -> None:
+        self.service = service
+        self.deadline = time.monotonic() + wait
+        self.wait = wait
+        self._pause = 0.2
+
+    def pause(self, exc: BaseException) -> None:
+        """Sleep before the next retry; raises ServiceError once the wait is over."""
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise ServiceError(f"{self.service}: every replica stayed busy for {self.wait:g}s: {describe(exc)}")
+        log.warning("replica busy; retrying", extra={"service": self.service, "detail": describe(exc)})
+        time.sleep(min(self._pause, remaining))
+        self._pause = min(self._pause * 2, 2.0)

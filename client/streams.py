@@ -19,7 +19,15 @@ import pyarrow as pa
 
 from music_analytics.client.csv_source import Chunk
 from music_analytics.client.encoding import batches, encode_batch, shard_rows
-from music_analytics.client.replicas import Endpoint, Replicas, ServiceError, describe, replica_lost
+from music_analytics.client.replicas import (
+    BusyBackoff,
+    Endpoint,
+    Replicas,
+    ServiceError,
+    describe,
+    replica_busy,
+    replica_lost,
+)
 
 __all__ = ["ShardedStream", "StreamCall"]
 
@@ -133,31 +141,38 @@ class ShardedStream:
 
     def recover(self, shards: set[int], upto: int | None) -> None:
         """Rebuild ``shards`` on live replicas from the input up to byte offset ``upto``."""
+        busy = BusyBackoff(self.service.name, self._recovery_wait)
         for s in sorted(shards):
             # Bounded: behind one address, a replica may pass health checks yet keep failing streams.
-            for _attempt in range(3 * max(len(self.replicas.endpoints), self.shards)):
+            attempts = 0
+            while True:
                 failed = self.calls[s]
-                self._check_recoverable(failed)
-                failed.endpoint.alive = False
-                endpoint = self.replicas.pick(self._recovery_wait)
-                log.warning(
-                    "replica lost; rebuilding its shard on another replica",
-                    extra={
-                        "service": self.service.name,
-                        "lost": failed.endpoint.address,
-                        "replacement": endpoint.address,
-                        "shard": s,
-                        "detail": describe(failed.error),
-                    },
-                )
-                self.recoveries += 1
+                if replica_busy(failed.error):
+                    busy.pause(failed.error)  # healthy but full: the same or another replica, later
+                    endpoint = self.replicas.pick(self._recovery_wait)
+                else:
+                    attempts += 1
+                    if attempts > 3 * max(len(self.replicas.endpoints), self.shards):
+                        raise ServiceError(
+                            f"{self.service.name}: gave up rebuilding a lost shard after {attempts - 1} attempts"
+                        )
+                    self._check_recoverable(failed)
+                    failed.endpoint.alive = False
+                    endpoint = self.replicas.pick(self._recovery_wait)
+                    log.warning(
+                        "replica lost; rebuilding its shard on another replica",
+                        extra={
+                            "service": self.service.name,
+                            "lost": failed.endpoint.address,
+                            "replacement": endpoint.address,
+                            "shard": s,
+                            "detail": describe(failed.error),
+                        },
+                    )
+                    self.recoveries += 1
                 call = self.calls[s] = self._open(endpoint)
                 if self._replay_into(call, s, upto):
                     break
-            else:
-                raise ServiceError(
-                    f"{self.service.name}: gave up rebuilding a lost shard after {_attempt + 1} attempts"
-                )
 
     def _replay_into(self, call: StreamCall, shard: int, upto: int | None) -> bool:
         for chunk in self._replay(upto):

@@ -6,6 +6,7 @@ deadlines that pass, request fields past their bounds, a call whose state outgro
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 import time
@@ -28,9 +29,12 @@ from music_analytics.api import (
 from music_analytics.client.demo import ServiceProcess, start_service
 from music_analytics.services.common.config import ServerConfig
 from music_analytics.services.common.contract import MAX_TOP_N, MAX_TRENDING_N
-from tests.conftest import BIN
+from music_analytics.services.common.contract import SERVICES as CONTRACTS
+from tests.conftest import BIN, ROOT
+from tests.oracle import oracle
 from tests.support.events import count_plays_request, good_table
 from tests.support.metrics import scrape, value
+from tests.support.oracle_match import assert_matches_oracle
 
 MR = {"grpc_type": "client_stream", "grpc_service": "music.v1.MapReduceService", "grpc_method": "CountPlays"}
 UB = {"grpc_type": "bidi_stream", "grpc_service": "music.v1.UserBehaviorService", "grpc_method": "AnalyzeUsers"}
@@ -271,3 +275,25 @@ def test_a_call_past_its_memory_limit_is_refused_and_others_go_on(service_factor
         small = stub.CountPlays(iter([count_plays_request(distinct_songs_table(0, 1000))]), timeout=10)
         assert (small.events_processed, small.distinct_songs) == (1000, 1000)
     assert rejected(mr, "memory_limit") == 1
+
+
+def test_pipelines_beyond_capacity_wait_their_turn_instead_of_failing(service_factory, tmp_path):
+    """Three pipelines at once against services that serve one call each: the refusals say the
+    server is busy, the clients retry within --wait-ready, and every run ends exact."""
+    services = {name: service_factory(name, MUSIC_ANALYTICS_MAX_STREAMS="1") for name in CONTRACTS}
+    data = ROOT / "data" / "stream_data.csv"
+    targets = [arg for name, p in services.items() for arg in (f"--{name}", p.address)]
+
+    def start_run(i: int) -> subprocess.Popen:
+        command = [str(BIN / "music-analytics"), "run", "--data", str(data), "--out", str(tmp_path / f"r{i}.json"),
+                   "--quiet", "--wait-ready", "60", *targets]  # fmt: skip
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    runs = [start_run(i) for i in range(3)]
+    expected = oracle(data)
+    for i, run in enumerate(runs):
+        _, stderr = run.communicate(timeout=120)
+        assert run.returncode == 0, stderr
+        assert_matches_oracle(json.loads((tmp_path / f"r{i}.json").read_text()), expected)
+    refused = sum(rejected(p, "over_capacity") for p in services.values())
+    assert refused > 0, "the runs never met a full service: the case did not happen"

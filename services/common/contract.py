@@ -37,6 +37,9 @@ USERS_PER_MESSAGE = 20_000
 MAX_USERS_PER_MESSAGE = 100_000
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
+# How a RESOURCE_EXHAUSTED refusal for capacity (too many calls at once) begins: a client may
+# retry it later, unlike a refusal for what the call itself asked.
+BUSY_DETAILS_PREFIX = "server busy"
 
 T = TypeVar("T")
 
