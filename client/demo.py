@@ -104,11 +104,15 @@ class ServiceProcess:
     def stop(self, timeout: float = 30.0) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        return self.wait_stopped(timeout)
+
+    def wait_stopped(self, timeout: float = 30.0) -> int:
+        """The exit code, once the process has stopped; killed if it takes over ``timeout``."""
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
         return self.process.returncode
 
 
@@ -203,7 +207,8 @@ class LocalServices:
         return "ipv4:" + ",".join(p.address for p in group)
 
     def stop(self) -> dict[str, int]:
+        """SIGTERM every process at once (they drain in parallel), then wait for each."""
         for process in self.all():
             if process.process.poll() is None:
                 process.process.send_signal(signal.SIGTERM)
-        return {f"{p.name}:{p.grpc_port}": p.stop() for p in self.all()}
+        return {f"{p.name}:{p.grpc_port}": p.wait_stopped() for p in self.all()}

@@ -365,13 +365,6 @@ def test_every_live_replica_answers_health_within_a_second_throughout(scenario: 
     assert not scenario.problems["health"], "\n".join([*scenario.problems["health"], scenario.summary])
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="Arrow's default pool (mimalloc) keeps what a call freed in the heap of the gRPC thread that "
-    "ran it until that thread allocates again, so a service's idle RSS swings by up to ~20% with which "
-    "threads served the last calls; each call must give it back on its own thread when it ends "
-    "(pyarrow.default_memory_pool().release_unused())",
-)
 def test_service_memory_after_many_runs_is_within_10_percent_of_after_five(scenario: Scenario) -> None:
     assert not scenario.problems["memory"], "\n".join([*scenario.problems["memory"], scenario.summary])
 

@@ -699,11 +699,6 @@ def test_services_still_serve_after_the_fuzzed_streams(fuzzed_services):
     analyze_users(fuzzed_services["userbehavior"], [good])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="grpc answers INTERNAL when the request deserializer fails; the services need to refuse "
-    "an undecodable message themselves",
-)
 def test_a_message_that_is_not_protobuf_is_invalid_argument(fuzzed_services):
     with grpc.insecure_channel(fuzzed_services["mapreduce"].address) as channel:
         call = channel.stream_unary(MAPREDUCE.method, response_deserializer=mapreduce_pb2.CountPlaysResponse.FromString)

@@ -121,23 +121,20 @@ class PendingBatches:
     def __init__(self) -> None:
         self.items: list = []
         self.rows = 0
+        self.nbytes = 0  # memory held by the pending arrays, kept as they come: read after every message
 
-    def add(self, item: object, rows: int) -> None:
+    def add(self, item: tuple, rows: int) -> None:
         self.items.append(item)
         self.rows += rows
+        self.nbytes += sum(getattr(part, "nbytes", 0) for part in item)
 
     def due(self, known: int) -> bool:
         # The lookup costs O(known strings); with at least that many rows pending it stays O(1) per row.
         return self.rows >= max(self.MIN_ROWS, known)
 
     def take(self) -> list:
-        items, self.items, self.rows = self.items, [], 0
+        items, self.items, self.rows, self.nbytes = self.items, [], 0, 0
         return items
-
-    @property
-    def nbytes(self) -> int:
-        """Memory held by the pending arrays (tuples of Arrow and numpy arrays)."""
-        return sum(getattr(part, "nbytes", 0) for item in self.items for part in item)
 
 
 # Counts per key are uint32: half the memory of int64 for millions of (user, artist) pairs.
@@ -182,7 +179,8 @@ class KeyCounter:
     @property
     def nbytes(self) -> int:
         """Memory held by the runs and the keys not yet sorted into one."""
-        return sum(k.nbytes + c.nbytes for k, c in self._runs) + sum(p.nbytes for p in self._pending)
+        # Pending keys are int64; the runs are O(log n) arrays.
+        return sum(k.nbytes + c.nbytes for k, c in self._runs) + 8 * self._pending_rows
 
     def _seal(self) -> None:
         if not self._pending:

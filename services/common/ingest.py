@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import NoReturn, Protocol
 
 import grpc
+import pyarrow as pa
 
 from music_analytics.api import events_pb2
 from music_analytics.services.common.columns import InvalidBatchError
@@ -34,6 +36,22 @@ class CallState(Protocol):
 
     @property
     def nbytes(self) -> int: ...
+
+
+@contextmanager
+def returning_memory() -> Iterator[None]:
+    """Give the memory a call freed back to the system when the call ends.
+
+    Arrow's default allocator (mimalloc) keeps freed memory in the heap of the thread that
+    freed it until that thread allocates again. A call runs on whichever gRPC thread was free,
+    so an idle service's RSS would depend on which threads served the last calls (measured:
+    idle mapreduce between 165 and 214 MB across runs, against 108-116 MB released each time).
+    It must run on the handler's own thread, hence here and not in a termination callback.
+    """
+    try:
+        yield
+    finally:
+        pa.default_memory_pool().release_unused()
 
 
 def refuse(

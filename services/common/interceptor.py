@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 
+from music_analytics.services.common.contract import BUSY_DETAILS_PREFIX
 from music_analytics.services.common.metrics import ServiceMetrics, code_name, grpc_type
 
 _HEALTH = "grpc.health.v1.Health"
@@ -83,11 +84,11 @@ class _Call:
             if self.slots is i.application:
                 i.metrics.reject("over_capacity")
                 message = (
-                    f"server busy: {self.slots.limit} calls in progress, the most it serves at once; retry later, "
-                    f"or raise --max-streams / MUSIC_ANALYTICS_MAX_STREAMS (the chart's maxStreams)"
+                    f"{BUSY_DETAILS_PREFIX}: {self.slots.limit} calls in progress, the most it serves at once; "
+                    f"retry later, or raise --max-streams / MUSIC_ANALYTICS_MAX_STREAMS (the chart's maxStreams)"
                 )
             else:
-                message = f"server busy: {self.slots.limit} reflection streams in progress; retry later"
+                message = f"{BUSY_DETAILS_PREFIX}: {self.slots.limit} reflection streams in progress; retry later"
             self._end_now()
             self.context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
         self._admitted = self.slots is not None
@@ -168,19 +169,61 @@ class CallInterceptor(grpc.ServerInterceptor):
         return _wrap(handler, self, labels, None if service == _HEALTH else self.application)
 
 
+class _Undecodable:
+    """Stands for a request message that did not parse, so the call can say so itself.
+
+    gRPC answers INTERNAL ("Exception deserializing request!") when a request deserializer
+    raises, before any handler runs; a message that is not the method's request type is the
+    caller's error, INVALID_ARGUMENT.
+    """
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # the protobuf runtime's DecodeError, or a codec's own error
+            return _Undecodable(exc)
+
+    return deserialize
+
+
 def _wrap(handler: Any, interceptor: CallInterceptor, labels: tuple | None, slots: _Slots | None) -> Any:
     metrics = interceptor.metrics
     received = metrics.msg_received.labels(*labels) if labels else None
     sent = metrics.msg_sent.labels(*labels) if labels else None
 
+    def refuse_undecodable(request: Any, index: int, context: grpc.ServicerContext) -> Any:
+        if isinstance(request, _Undecodable):
+            if slots is interceptor.application:
+                metrics.reject("invalid_batch")
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"message {index}: not a valid request message for this method ({request.error})",
+            )
+        return request
+
+    def checked(requests: Iterator, context: grpc.ServicerContext) -> Iterator:
+        for index, request in enumerate(requests):
+            if received is not None:
+                received.inc()
+            yield refuse_undecodable(request, index, context)
+
     def begin(request: Any, context: grpc.ServicerContext) -> tuple[_Call, Any]:
         call = _Call(interceptor, labels, slots, context)
         call.admit()
-        if received is not None:
-            if handler.request_streaming:
-                request = _counted(request, received)
-            else:
+        if handler.request_streaming:
+            request = checked(request, context)
+        else:
+            if received is not None:
                 received.inc()
+            request = refuse_undecodable(request, 0, context)
         return call, request
 
     def unary_response(behavior: Callable) -> Callable:
@@ -222,11 +265,5 @@ def _wrap(handler: Any, interceptor: CallInterceptor, labels: tuple | None, slot
     for kind, (factory, wrapper) in make.items():
         behavior = getattr(handler, kind)
         if behavior is not None:
-            return factory(wrapper(behavior), handler.request_deserializer, handler.response_serializer)
+            return factory(wrapper(behavior), _tolerant(handler.request_deserializer), handler.response_serializer)
     raise ValueError(f"handler of {labels} has no behavior")
-
-
-def _counted(requests: Iterator, counter: Any) -> Iterator:
-    for request in requests:
-        counter.inc()
-        yield request

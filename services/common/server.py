@@ -220,6 +220,9 @@ def serve(spec: ServiceSpec, config: ServerConfig) -> None:
     signal.signal(signal.SIGINT, on_signal)
     service.start()
     stopping.wait()
+    # One signal stops the service; a second (a supervisor repeating itself) must not kill it
+    # mid-drain, nor after "stopped", when the interpreter's exit restores the default handler.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     service.stop()
 
 

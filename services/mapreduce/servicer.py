@@ -10,7 +10,7 @@ from music_analytics.api import mapreduce_pb2, mapreduce_pb2_grpc
 from music_analytics.services.common.config import CallLimits
 from music_analytics.services.common.contract import MAPREDUCE, TOP_SONGS
 from music_analytics.services.common.events import ARTIST, SONG, EventColumns
-from music_analytics.services.common.ingest import ingest
+from music_analytics.services.common.ingest import ingest, returning_memory
 from music_analytics.services.common.metrics import ServiceMetrics
 from music_analytics.services.common.server import ServiceSpec
 from music_analytics.services.mapreduce.analytics import PlayCounter
@@ -24,22 +24,23 @@ class MapReduceServicer(mapreduce_pb2_grpc.MapReduceServiceServicer):
     def CountPlays(  # noqa: N802 (gRPC method name)
         self, request_iterator: Iterator[mapreduce_pb2.CountPlaysRequest], context: grpc.ServicerContext
     ) -> mapreduce_pb2.CountPlaysResponse:
-        counter = PlayCounter()
+        with returning_memory():
+            counter = PlayCounter()
 
-        def add(batch: EventColumns) -> None:
-            artist, song = batch.columns[ARTIST], batch.columns[SONG]
-            counter.add_columns(artist.dictionary, artist.indices, song.dictionary, song.indices)
+            def add(batch: EventColumns) -> None:
+                artist, song = batch.columns[ARTIST], batch.columns[SONG]
+                counter.add_columns(artist.dictionary, artist.indices, song.dictionary, song.indices)
 
-        top_n = ingest(request_iterator, context, self.m, (ARTIST, SONG), add, TOP_SONGS, counter, self.limits)
-        top = counter.top(top_n)
-        self.m.distinct_keys.labels(self.m.service, "songs").set(counter.distinct_songs)
-        return mapreduce_pb2.CountPlaysResponse(
-            top_songs=[
-                mapreduce_pb2.SongCount(song=s.song, artist=s.artist, song_id=s.song_id, plays=s.plays) for s in top
-            ],
-            events_processed=counter.events,
-            distinct_songs=counter.distinct_songs,
-        )
+            top_n = ingest(request_iterator, context, self.m, (ARTIST, SONG), add, TOP_SONGS, counter, self.limits)
+            top = counter.top(top_n)
+            self.m.distinct_keys.labels(self.m.service, "songs").set(counter.distinct_songs)
+            return mapreduce_pb2.CountPlaysResponse(
+                top_songs=[
+                    mapreduce_pb2.SongCount(song=s.song, artist=s.artist, song_id=s.song_id, plays=s.plays) for s in top
+                ],
+                events_processed=counter.events,
+                distinct_songs=counter.distinct_songs,
+            )
 
 
 SPEC = ServiceSpec(

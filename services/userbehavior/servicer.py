@@ -11,7 +11,7 @@ from music_analytics.api import userbehavior_pb2, userbehavior_pb2_grpc
 from music_analytics.services.common.config import CallLimits
 from music_analytics.services.common.contract import TOP_USERS, USERBEHAVIOR, USERS_PER_MESSAGE
 from music_analytics.services.common.events import ARTIST, DURATION, USER, EventColumns
-from music_analytics.services.common.ingest import ingest
+from music_analytics.services.common.ingest import ingest, returning_memory
 from music_analytics.services.common.metrics import ServiceMetrics
 from music_analytics.services.common.server import ServiceSpec
 from music_analytics.services.userbehavior.analytics import UserStats
@@ -25,38 +25,41 @@ class UserBehaviorServicer(userbehavior_pb2_grpc.UserBehaviorServiceServicer):
     def AnalyzeUsers(  # noqa: N802 (gRPC method name)
         self, request_iterator: Iterator[userbehavior_pb2.AnalyzeUsersRequest], context: grpc.ServicerContext
     ) -> Iterator[userbehavior_pb2.AnalyzeUsersResponse]:
-        service = self.m.service
-        stats = UserStats()
+        with returning_memory():
+            service = self.m.service
+            stats = UserStats()
 
-        def add(batch: EventColumns) -> None:
-            user, artist = batch.columns[USER], batch.columns[ARTIST]
-            stats.add_columns(user.dictionary, user.indices, artist.dictionary, artist.indices, batch.duration)
+            def add(batch: EventColumns) -> None:
+                user, artist = batch.columns[USER], batch.columns[ARTIST]
+                stats.add_columns(user.dictionary, user.indices, artist.dictionary, artist.indices, batch.duration)
 
-        top_n = ingest(request_iterator, context, self.m, (USER, ARTIST, DURATION), add, TOP_USERS, stats, self.limits)
-        start = time.perf_counter()
-        counts = {"events_processed": stats.events, "distinct_users": stats.distinct_users}
-        for chunk in stats.summaries(USERS_PER_MESSAGE):
+            top_n = ingest(
+                request_iterator, context, self.m, (USER, ARTIST, DURATION), add, TOP_USERS, stats, self.limits
+            )
+            start = time.perf_counter()
+            counts = {"events_processed": stats.events, "distinct_users": stats.distinct_users}
+            for chunk in stats.summaries(USERS_PER_MESSAGE):
+                yield userbehavior_pb2.AnalyzeUsersResponse(
+                    users=userbehavior_pb2.UserSummaries(
+                        user_ids=chunk.user_ids,
+                        total_time=chunk.total_time,
+                        top_artist=chunk.top_artist,
+                        plays=chunk.plays,
+                    ),
+                    **counts,
+                )
+            top = stats.top_users(top_n)
+            self.m.aggregation.labels(service).observe(time.perf_counter() - start)
+            for kind, value in (
+                ("users", stats.distinct_users),
+                ("artists", stats.distinct_artists),
+                ("user_artist_pairs", stats.distinct_pairs),
+            ):
+                self.m.distinct_keys.labels(service, kind).set(value)
             yield userbehavior_pb2.AnalyzeUsersResponse(
-                users=userbehavior_pb2.UserSummaries(
-                    user_ids=chunk.user_ids,
-                    total_time=chunk.total_time,
-                    top_artist=chunk.top_artist,
-                    plays=chunk.plays,
-                ),
+                top_users=userbehavior_pb2.UserTotals(user_ids=[u for u, _ in top], total_time=[t for _, t in top]),
                 **counts,
             )
-        top = stats.top_users(top_n)
-        self.m.aggregation.labels(service).observe(time.perf_counter() - start)
-        for kind, value in (
-            ("users", stats.distinct_users),
-            ("artists", stats.distinct_artists),
-            ("user_artist_pairs", stats.distinct_pairs),
-        ):
-            self.m.distinct_keys.labels(service, kind).set(value)
-        yield userbehavior_pb2.AnalyzeUsersResponse(
-            top_users=userbehavior_pb2.UserTotals(user_ids=[u for u, _ in top], total_time=[t for _, t in top]),
-            **counts,
-        )
 
 
 SPEC = ServiceSpec(
