@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from music_analytics.services.common import contract
-from tests.test_chart import (
+from tests.support.chart import (
     CHART,
     by_kind,
     deployment_for,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from music_analytics.api import mapreduce_pb2, mapreduce_pb2_grpc
 from music_analytics.client.encoding import encode_batch
 from tests.support.events import good_table
 from tests.support.metrics import scrape, value
+from tests.support.waiting import wait_until
 
 MR = {"grpc_type": "client_stream", "grpc_service": "music.v1.MapReduceService", "grpc_method": "CountPlays"}
 
@@ -23,12 +25,21 @@ def test_handled_total_counts_the_calls_just_made(services):
         request = mapreduce_pb2.CountPlaysRequest.FromString(encode_batch(good_table(4)))
         for _ in range(3):
             stub.CountPlays(iter([request, request]), timeout=10)
-        try:
+        with pytest.raises(grpc.RpcError) as refused:
             stub.CountPlays(iter([mapreduce_pb2.CountPlaysRequest()]), timeout=10)
-        except grpc.RpcError as exc:
-            assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
-    after = scrape(process)
+    # A call's end is recorded when the RPC has ended on the server, just after the client has
+    # its answer: wait until the last one (the health check) is in.
+    health_ok = {"grpc_type": "unary", "grpc_service": "grpc.health.v1.Health", "grpc_method": "Check",
+                 "grpc_code": "OK"}  # fmt: skip
+
+    def scraped_after_health_check() -> dict | None:
+        samples = scrape(process)
+        done = value(samples, "grpc_server_handled_total", **health_ok)
+        return samples if done > value(before, "grpc_server_handled_total", **health_ok) else None
+
+    after = wait_until("the health check's end recorded", scraped_after_health_check, 10)
 
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)

@@ -30,8 +30,9 @@ from music_analytics.client.generate import generate
 from music_analytics.services.common.contract import HEALTH_SERVICE
 from tests.conftest import BIN, ROOT
 from tests.oracle import oracle
+from tests.support.metrics import scrape
 from tests.support.oracle_match import assert_matches_oracle
-from tests.support.service_watch import metric_samples, wait_for
+from tests.support.waiting import wait_until
 
 DOMAIN = "music.svc.cluster.local"
 NAMES = {name: f"{name}-headless.{DOMAIN}" for name in ("mapreduce", "userbehavior", "recommendation")}
@@ -103,8 +104,10 @@ def health_checks(process: ServiceProcess) -> float:
     """Health checks the replica has been asked, by its own count."""
     return sum(
         value
-        for labels, value in metric_samples(process.metrics_port, "grpc_server_started_total", host=process.host)
-        if labels["grpc_service"] == HEALTH_SERVICE and labels["grpc_method"] == "Check"
+        for (name, labels), value in scrape(process).items()
+        if name == "grpc_server_started_total"
+        and dict(labels).get("grpc_service") == HEALTH_SERVICE
+        and dict(labels).get("grpc_method") == "Check"
     )
 
 
@@ -141,7 +144,7 @@ def test_names_that_resolve_late_are_waited_for(names: Names, started, tmp_path:
     )
     stderr_lines = Lines(client.stderr)
     # The names are published once the client has said, in its log, what it is waiting for.
-    wait_for(lambda: any('"waiting for replicas"' in line for line in stderr_lines.lines), 30, "the wait's report")
+    wait_until("the wait's report", lambda: any('"waiting for replicas"' in line for line in stderr_lines.lines), 30)
     assert client.poll() is None, stderr_lines.text()
     names.publish({NAMES[n]: [p.host] for n, p in services.items()})
     client.wait(timeout=120)
@@ -150,9 +153,11 @@ def test_names_that_resolve_late_are_waited_for(names: Names, started, tmp_path:
     # While waiting, the log said what for.
     waits = [json.loads(line) for line in stderr.splitlines() if '"waiting for replicas"' in line]
     assert waits, stderr
-    assert f"dns:///{NAMES['mapreduce']}" in waits[0]["detail"]
-    assert "resolves to no address" in waits[0]["detail"]
-    assert "a headless Service lists a pod only once it is Ready" in waits[0]["detail"]
+    # The services are waited for at once: each says what it waits for, in any order.
+    for name in NAMES:
+        detail = next(w["detail"] for w in waits if f"dns:///{NAMES[name]}" in w["detail"])
+        assert "resolves to no address" in detail
+        assert "a headless Service lists a pod only once it is Ready" in detail
     assert_matches_oracle(json.loads((tmp_path / "r.json").read_text()), oracle(data))
 
 
@@ -181,7 +186,7 @@ def test_expected_replicas_that_become_ready_later_are_used(names: Names, starte
     checked_before = health_checks(first)
     client = names.client(data, tmp_path / "r.json", ports, "--wait-ready", "60", "--expect-replicas", "userbehavior=2")
     # Once the client has checked the first replica, it has resolved the name to it alone.
-    wait_for(lambda: health_checks(first) > checked_before, 30, "the client's first health check")
+    wait_until("the client's first health check", lambda: health_checks(first) > checked_before, 30)
     assert client.poll() is None, client.communicate()
     names.publish(records | {NAMES["userbehavior"]: [first.host, second.host]})  # the second is Ready
     _, stderr = client.communicate(timeout=120)

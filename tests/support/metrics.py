@@ -11,7 +11,7 @@ from music_analytics.client.demo import ServiceProcess
 
 def scrape(process: ServiceProcess) -> dict[tuple[str, tuple], float]:
     """Every sample of the service's /metrics, by (name, sorted labels)."""
-    body = urllib.request.urlopen(f"http://127.0.0.1:{process.metrics_port}/metrics", timeout=10).read().decode()
+    body = urllib.request.urlopen(f"http://{process.host}:{process.metrics_port}/metrics", timeout=10).read().decode()
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(body)
