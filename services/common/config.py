@@ -276,9 +276,7 @@ def _check_tls_files(cert: str, key: str | None, client_ca: str | None) -> None:
     try:
         context.load_cert_chain(cert, key)
     except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(
-            f"--tls-cert {cert} / --tls-key {key}: not a PEM certificate and its key ({exc})"
-        ) from None
+        raise ConfigError(f"--tls-cert {cert} / --tls-key {key}: not a PEM certificate and its key ({exc})") from None
     if client_ca:
         try:
             context.load_verify_locations(cafile=client_ca)
