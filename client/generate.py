@@ -375,8 +375,3 @@ def main(args: argparse.Namespace) -> int:
         return 2
     return 0
 
-
-if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(_parser)
-    raise SystemExit(main(_parser.parse_args()))
