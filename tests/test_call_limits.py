@@ -59,8 +59,8 @@ def service_factory(tmp_path) -> Iterator:
 class HeldStream:
     """A CountPlays stream that has sent one message and then holds its slot until released."""
 
-    def __init__(self, channel: grpc.Channel, timeout: float = 60) -> None:
-        self.release = threading.Event()
+    def __init__(self, channel: grpc.Channel, timeout: float = 60, release: threading.Event | None = None) -> None:
+        self.release = release or threading.Event()
         self.sent = threading.Event()
         stub = mapreduce_pb2_grpc.MapReduceServiceStub(channel)
         self.future = stub.CountPlays.future(self._requests(), timeout=timeout)
@@ -277,23 +277,47 @@ def test_a_call_past_its_memory_limit_is_refused_and_others_go_on(service_factor
     assert rejected(mr, "memory_limit") == 1
 
 
-def test_pipelines_beyond_capacity_wait_their_turn_instead_of_failing(service_factory, tmp_path):
-    """Three pipelines at once against services that serve one call each: the refusals say the
-    server is busy, the clients retry within --wait-ready, and every run ends exact."""
+def test_a_pipeline_that_meets_full_services_waits_its_turn_instead_of_failing(service_factory, tmp_path):
+    """Services that serve one call each, that call taken: the pipeline's streams and its
+    Recommendation call are refused as busy, it retries within --wait-ready, and once the slots
+    free up it ends exact."""
     services = {name: service_factory(name, MUSIC_ANALYTICS_MAX_STREAMS="1") for name in CONTRACTS}
     data = ROOT / "data" / "stream_data.csv"
-    targets = [arg for name, p in services.items() for arg in (f"--{name}", p.address)]
+    release = {name: threading.Event() for name in ("mapreduce", "recommendation")}
 
-    def start_run(i: int) -> subprocess.Popen:
-        command = [str(BIN / "music-analytics"), "run", "--data", str(data), "--out", str(tmp_path / f"r{i}.json"),
-                   "--quiet", "--wait-ready", "60", *targets]  # fmt: skip
-        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def held_recommend() -> Iterator[recommendation_pb2.RecommendRequest]:
+        yield recommendation_pb2.RecommendRequest(candidates=recommendation_pb2.Candidates())
+        release["recommendation"].wait(60)
 
-    runs = [start_run(i) for i in range(3)]
-    expected = oracle(data)
-    for i, run in enumerate(runs):
-        _, stderr = run.communicate(timeout=120)
+    with (
+        grpc.insecure_channel(services["mapreduce"].address) as mr_channel,
+        grpc.insecure_channel(services["recommendation"].address) as rec_channel,
+    ):
+        held_mr = HeldStream(mr_channel, release=release["mapreduce"])
+        held_rec = recommendation_pb2_grpc.RecommendationServiceStub(rec_channel).Recommend(
+            held_recommend(), timeout=60
+        )
+        for name in release:
+            wait_for(lambda n=name: value(scrape(services[n]), "music_analytics_inflight_streams", service=n) == 1,
+                     what=f"{name}'s one slot taken")  # fmt: skip
+        targets = [arg for name, p in services.items() for arg in (f"--{name}", p.address)]
+        run = subprocess.Popen(
+            [str(BIN / "music-analytics"), "run", "--data", str(data), "--out", str(tmp_path / "r.json"), "--quiet",
+             "--wait-ready", "60", *targets],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            for name in release:  # MapReduce is asked first, Recommendation last
+                wait_for(lambda n=name: rejected(services[n], "over_capacity") > 0, 30, f"{name} refusing the run")
+                assert run.poll() is None, run.communicate()[1]
+                release[name].set()
+            _, stderr = run.communicate(timeout=120)
+        finally:
+            for event in release.values():
+                event.set()
+            run.kill()
         assert run.returncode == 0, stderr
-        assert_matches_oracle(json.loads((tmp_path / f"r{i}.json").read_text()), expected)
-    refused = sum(rejected(p, "over_capacity") for p in services.values())
-    assert refused > 0, "the runs never met a full service: the case did not happen"
+        assert '"replica busy; retrying"' in stderr
+        assert_matches_oracle(json.loads((tmp_path / "r.json").read_text()), oracle(data))
+        held_mr.future.result(timeout=30)
+        list(held_rec)

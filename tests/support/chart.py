@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import helm_python as helm
@@ -16,8 +15,8 @@ import yaml
 from helm_python import _native
 
 from music_analytics.services.registry import SERVICES
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent.parent
 CHART = ROOT / "charts" / "music-analytics"
 VALUE_SETS = {p.name.removesuffix("-values.yaml"): p for p in sorted((CHART / "ci").glob("*-values.yaml"))}
 VALUE_SETS["kind"] = ROOT / "k8s" / "music-analytics-kind-values.yaml"
