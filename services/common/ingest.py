@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,6 +40,20 @@ class CallState(Protocol):
     def nbytes(self) -> int: ...
 
 
+def _malloc_trim() -> Callable[[], None]:
+    """glibc's malloc_trim, where there is one: numpy's arrays come from malloc, whose per-thread
+    arenas keep freed memory too. Where the C library has no such call, nothing is done."""
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    trim.argtypes = [ctypes.c_size_t]
+    return lambda: trim(0)
+
+
+_trim_malloc = _malloc_trim()
+
+
 @contextmanager
 def returning_memory() -> Iterator[None]:
     """Give the memory a call freed back to the system when the call ends.
@@ -52,6 +68,7 @@ def returning_memory() -> Iterator[None]:
         yield
     finally:
         pa.default_memory_pool().release_unused()
+        _trim_malloc()
 
 
 def refuse(
