@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--results-configmap", metavar="NAME", help="in Kubernetes: also write the summary to this ConfigMap"
     )
 
-    from music_analytics.services.common.server import add_serve_arguments
+    from music_analytics.services.common.config import add_serve_arguments
 
     add_serve_arguments(sub.add_parser("serve", help="run one service"))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import ssl
@@ -12,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from music_analytics.services.common.contract import MAX_MESSAGE_BYTES, ServiceContract
+from music_analytics.services.common.contract import MAX_MESSAGE_BYTES, SERVICES, ServiceContract
 
 DEFAULT_MAX_CALL_BYTES = 2 << 30
 
@@ -282,3 +283,23 @@ def _check_tls_files(cert: str, key: str | None, client_ca: str | None) -> None:
             context.load_verify_locations(cafile=client_ca)
         except (ssl.SSLError, OSError) as exc:
             raise ConfigError(f"--tls-client-ca {client_ca}: not PEM CA certificates ({exc})") from None
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``serve`` command's flags; each overrides its MUSIC_ANALYTICS_* environment variable.
+
+    Flags are taken as text and checked with the environment's values by ServerConfig.from_env,
+    so a bad value reads the same whichever way it came.
+    """
+    # Here, beside the settings, and with the contract's names rather than the servicers: building
+    # the command line (every `music-analytics` run does) then imports no server machinery.
+    parser.add_argument("service", choices=tuple(SERVICES))
+    for setting in SETTINGS:
+        if setting.flag:
+            parser.add_argument(
+                setting.flag,
+                dest=setting.field,
+                default=None,
+                metavar="VALUE",
+                help=f"{setting.help} (env {setting.env})",
+            )

@@ -22,7 +22,6 @@ from prometheus_client import start_http_server
 from music_analytics.services.common import logging as json_logging
 from music_analytics.services.common.config import SETTINGS, CallLimits, ConfigError, ServerConfig
 from music_analytics.services.common.contract import HEALTH_SERVICE, ServiceContract
-from music_analytics.services.common.contract import SERVICES as CONTRACTS
 from music_analytics.services.common.interceptor import CallInterceptor
 from music_analytics.services.common.metrics import ServiceMetrics
 
@@ -224,25 +223,6 @@ def serve(spec: ServiceSpec, config: ServerConfig) -> None:
     # mid-drain, nor after "stopped", when the interpreter's exit restores the default handler.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     service.stop()
-
-
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``serve`` command's flags; each overrides its MUSIC_ANALYTICS_* environment variable.
-
-    Flags are taken as text and checked with the environment's values by ServerConfig.from_env,
-    so a bad value reads the same whichever way it came.
-    """
-    # The contract's names, not the registry's servicers: --help and a bad flag stay fast.
-    parser.add_argument("service", choices=tuple(CONTRACTS))
-    for setting in SETTINGS:
-        if setting.flag:
-            parser.add_argument(
-                setting.flag,
-                dest=setting.field,
-                default=None,
-                metavar="VALUE",
-                help=f"{setting.help} (env {setting.env})",
-            )
 
 
 def serve_from_args(args: argparse.Namespace) -> int:
