@@ -94,7 +94,7 @@ def test_installs_are_idempotent(tmp_path: Path):
     assert len(installs(dry_run("test", venv))) == 1
     # ...and an edited pyproject.toml re-installs both.
     (venv / ".test-installed").touch()
-    old = time.time() - 3600
+    old = 946_684_800  # 2000-01-01: older than every input, however long ago they were checked out
     os.utime(venv / ".runtime-installed", (old, old))
     os.utime(venv / ".test-installed", (old, old))
     assert len(installs(dry_run("demo", venv))) == 1
