@@ -374,4 +374,3 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
         return 2
     return 0
-
