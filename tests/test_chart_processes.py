@@ -23,13 +23,13 @@ from typing import Any
 import pytest
 
 from music_analytics.client.demo import free_port
-from tests.support.chart import NAMESPACE, by_kind, job_args, one, pipeline_job, render_docs
-from tests.support.kube_api import FakeKubeApi
+from tests.support.chart import by_kind, job_args, one, pipeline_job, render_docs
 from tests.support.rendered_pods import (
     container_env,
     map_paths,
     mount_volumes,
     quantity_bytes,
+    run_job_container,
     serving_line,
     wait_probe_serving,
 )
@@ -164,24 +164,7 @@ def test_job_command_completes_the_pipeline(deployed):
             arg = local_address(docs, workloads, host, int(port))
         args.append(map_paths(arg, mounts))
 
-    results_name = parsed["--results-configmap"]
-    (role,) = [r for r in by_kind(docs, "Role") if r["metadata"]["labels"]["app.kubernetes.io/component"] == "pipeline"]
-    # The stand-in API server grants exactly what the chart's Role grants (no create).
-    with FakeKubeApi(allowed_names=set(role["rules"][0]["resourceNames"]), allow_create=False) as api:
-        api.precreate(NAMESPACE, results_name)
-        env = container_env(
-            container, {"KUBECONFIG": str(api.kubeconfig(root, namespace=NAMESPACE)), "TMPDIR": str(mounts["/tmp"])}
-        )
-        result = subprocess.run(
-            [*container["command"], *args],
-            env=env,
-            cwd=mounts["/tmp"],
-            capture_output=True,
-            text=True,
-            timeout=job["spec"]["activeDeadlineSeconds"],
-        )
-        assert result.returncode == 0, f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
-        stored = api.configmaps[(NAMESPACE, results_name)]
+    result, stored = run_job_container(docs, job, container, args, mounts, root)
 
     assert result.stdout.strip(), "the Job's log must carry a readable summary"
     out = Path(map_paths(parsed["--out"], mounts))

@@ -64,12 +64,12 @@ from tests.support.chart import (
     render_docs,
     selects,
 )
-from tests.support.kube_api import FakeKubeApi
 from tests.support.rendered_pods import (
     container_env,
     health_status,
     map_paths,
     mount_volumes,
+    run_job_container,
     serving_line,
     wait_probe_serving,
 )
@@ -583,23 +583,8 @@ def test_job_command_completes_the_pipeline_over_mtls(mtls_deployed):
             arg = f"ipv4:127.0.0.1:{running[component]['ports'][int(port)]}"
         args.append(map_paths(arg, mounts))
     parsed = job_args(job)
-    results_name = parsed["--results-configmap"]
-    (role,) = [r for r in by_kind(docs, "Role") if r["metadata"]["labels"]["app.kubernetes.io/component"] == "pipeline"]
-    with FakeKubeApi(allowed_names=set(role["rules"][0]["resourceNames"]), allow_create=False) as api:
-        api.precreate(NAMESPACE, results_name)
-        env = container_env(
-            container, {"KUBECONFIG": str(api.kubeconfig(root, namespace=NAMESPACE)), "TMPDIR": str(mounts["/tmp"])}
-        )
-        result = subprocess.run(
-            [*container["command"], *args],
-            env=env,
-            cwd=mounts["/tmp"],
-            capture_output=True,
-            text=True,
-            timeout=job["spec"]["activeDeadlineSeconds"],
-        )
-        assert result.returncode == 0, f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
-        assert json.loads(api.configmaps[(NAMESPACE, results_name)]["data"]["summary.json"])
+    _, stored = run_job_container(docs, job, container, args, mounts, root)
+    assert json.loads(stored["data"]["summary.json"])
     results = json.loads(Path(map_paths(parsed["--out"], mounts)).read_text())
     assert results["events_processed"] > 0
 

@@ -17,7 +17,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.support.chart import one
+from tests.support.chart import NAMESPACE, by_kind, job_args, one
+from tests.support.kube_api import FakeKubeApi
 from tests.support.waiting import wait_until
 
 VENV_BIN = Path(sys.executable).parent
@@ -127,3 +128,33 @@ def wait_probe_serving(name: str, process: subprocess.Popen[bytes], log: Path, p
         wait_until(f"{name} to be SERVING", serving, timeout=60, ignore=(grpc.RpcError,))
     except AssertionError as exc:
         raise AssertionError(f"{exc}; its log ends:\n{log.read_text()[-2000:]}") from None
+
+
+def run_job_container(
+    docs: list[dict[str, Any]],
+    job: dict[str, Any],
+    container: dict[str, Any],
+    args: list[str],
+    mounts: dict[str, Path],
+    root: Path,
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """Run the Job's container command with ``args`` (already mapped to this machine) against a
+    stand-in API server that grants exactly what the chart's Role grants (no create). Asserts it
+    exits 0; returns its result and the results ConfigMap it stored."""
+    results_name = job_args(job)["--results-configmap"]
+    (role,) = [r for r in by_kind(docs, "Role") if r["metadata"]["labels"]["app.kubernetes.io/component"] == "pipeline"]
+    with FakeKubeApi(allowed_names=set(role["rules"][0]["resourceNames"]), allow_create=False) as api:
+        api.precreate(NAMESPACE, results_name)
+        env = container_env(
+            container, {"KUBECONFIG": str(api.kubeconfig(root, namespace=NAMESPACE)), "TMPDIR": str(mounts["/tmp"])}
+        )
+        result = subprocess.run(
+            [*container["command"], *args],
+            env=env,
+            cwd=mounts["/tmp"],
+            capture_output=True,
+            text=True,
+            timeout=job["spec"]["activeDeadlineSeconds"],
+        )
+        assert result.returncode == 0, f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
+        return result, api.configmaps[(NAMESPACE, results_name)]
