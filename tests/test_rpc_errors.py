@@ -8,18 +8,12 @@ import pytest
 
 from music_analytics.api import events_pb2, mapreduce_pb2, mapreduce_pb2_grpc, userbehavior_pb2, userbehavior_pb2_grpc
 from music_analytics.client.encoding import encode_batch
-from tests.support.events import good_table
+from tests.support.events import good_table, set_fields
 
 
 def batch_request(**changes) -> mapreduce_pb2.CountPlaysRequest:
     request = mapreduce_pb2.CountPlaysRequest.FromString(encode_batch(good_table()))
-    batch = request.events.batch
-    for path, value in changes.items():
-        target = batch
-        *parents, leaf = path.split("__")
-        for p in parents:
-            target = getattr(target, p)
-        setattr(target, leaf, value)
+    set_fields(request.events.batch, **changes)
     return request
 
 

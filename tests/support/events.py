@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyarrow as pa
+from google.protobuf.message import Message
 
 from music_analytics.api import mapreduce_pb2
 from music_analytics.client.encoding import encode_batch
@@ -20,3 +21,14 @@ def count_plays_request(table: pa.Table, top_n: int = 0) -> mapreduce_pb2.CountP
     request = mapreduce_pb2.CountPlaysRequest.FromString(encode_batch(table))
     request.top_n = top_n
     return request
+
+
+def set_fields(message: Message, **fields: object) -> None:
+    """Set ``fields`` on ``message``; a name like ``artist__dictionary__offsets`` reaches into
+    sub-messages, so a test can break exactly one field of an otherwise valid message."""
+    for path, value in fields.items():
+        target = message
+        *parents, leaf = path.split("__")
+        for parent in parents:
+            target = getattr(target, parent)
+        setattr(target, leaf, value)
