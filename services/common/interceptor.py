@@ -101,9 +101,12 @@ class _Call:
         """Record a refusal: it never took a slot, and abort() is about to end it."""
         with self._lock:
             self._ended = True
+        self._record(grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+    def _record(self, code: grpc.StatusCode) -> None:
         if self.labels is not None:
             m = self.interceptor.metrics
-            m.handled.labels(*self.labels, code_name(grpc.StatusCode.RESOURCE_EXHAUSTED)).inc()
+            m.handled.labels(*self.labels, code_name(code)).inc()
             m.handling.labels(*self.labels).observe(time.perf_counter() - self.start)
 
     def end(self) -> None:
@@ -112,9 +115,7 @@ class _Call:
                 return
             self._ended = True
         i = self.interceptor
-        if self.labels is not None:
-            i.metrics.handled.labels(*self.labels, code_name(self._final_code())).inc()
-            i.metrics.handling.labels(*self.labels).observe(time.perf_counter() - self.start)
+        self._record(self._final_code())
         if self._admitted:
             if self.slots is i.application:
                 i.metrics.inflight.labels(i.metrics.service).dec()
