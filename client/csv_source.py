@@ -22,6 +22,10 @@ The rules (tests/test_fuzz_csv.py checks both paths and the chunking against the
   digits 0-9, or above 2^32-1), ``invalid_timestamp`` (not TIMESTAMP_PATTERN, or no such date).
 * A row longer than ``max_row_bytes`` (most likely a quoted field never closed) makes the file
   unusable, so that memory stays bounded.
+* A kept row's timestamp becomes epoch seconds, UTC (int64): no zone means UTC, a fraction is
+  floored, a leap second ``:60`` is the next second. Arrow's parser reads the clean chunks (it
+  cannot read ``:60`` or instants outside its nanosecond range: those chunks take the exact path,
+  which computes the value from the pattern's parts).
 """
 
 from __future__ import annotations
@@ -31,9 +35,10 @@ import csv
 import datetime as dt
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -55,13 +60,16 @@ csv.field_size_limit(max(csv.field_size_limit(), MAX_ROW_BYTES))
 # fraction optional) and a zone. This is the rule (the exact path applies it); the fast path uses
 # Arrow's ISO 8601 parser, which accepts a subset of it (tests/test_csv_source.py checks that).
 TIMESTAMP_PATTERN = (
-    r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
-    r"([T ]([01][0-9]|2[0-3])(:[0-5][0-9](:([0-5][0-9]|60)([.,][0-9]+)?)?)?"
-    r"(Z|[+-]([01][0-9]|2[0-3])(:?[0-5][0-9])?)?)?$"
+    r"^(?P<year>[0-9]{4})-(?P<month>0[1-9]|1[0-2])-(?P<day>0[1-9]|[12][0-9]|3[01])"
+    r"([T ](?P<hour>[01][0-9]|2[0-3])(:(?P<minute>[0-5][0-9])(:(?P<second>[0-5][0-9]|60)([.,][0-9]+)?)?)?"
+    r"(Z|(?P<sign>[+-])(?P<zone_hours>[01][0-9]|2[0-3])(:?(?P<zone_minutes>[0-5][0-9]))?)?)?$"
 )
 # Applied with fullmatch: with match, "$" also matches before a final "\n" ("5\n" in quotes).
 _TIMESTAMP = re.compile(TIMESTAMP_PATTERN)
 _DIGITS = re.compile(r"[0-9]+")
+# A value the fast path casts as zoned: a time, then Z or an offset (a date's "-01" is not one).
+_ZONED = r"[T ][0-9:.,]*[0-9](Z|[+-][0-9:]+)$"
+_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 
 
 class InputError(Exception):
@@ -74,23 +82,31 @@ class BadRowError(Exception):
 
 @dataclass(frozen=True)
 class Rejection:
-    line: int
-    reason: str  # wrong_field_count | invalid_utf8 | empty_field | invalid_duration | invalid_timestamp
+    line: int  # or, when ``unit`` is "record", the record's index (1-based) in a JSON array
+    reason: str  # wrong_field_count | invalid_utf8 | empty_field | invalid_duration | invalid_timestamp | ...
     field: str | None
     message: str
+    # The file the record is in (``export.zip:member`` for a zip's member); None: the one input file.
+    source: str | None = None
+    unit: str = "line"  # "line" | "record"
 
     def describe(self, path: str) -> str:
-        where = f"{path}:{self.line}" + (f" field {self.field!r}" if self.field else "")
+        name = self.source if self.source is not None else path
+        where = f"{name}:{self.line}" if self.unit == "line" else f"{name}: {self.unit} {self.line}"
+        if self.field:
+            where += f" field {self.field!r}"
         return f"{where}: {self.message}"
 
 
 @dataclass
 class Chunk:
-    """Valid events of one chunk (columns user_id, song_id, artist as strings, duration as uint32)."""
+    """Valid events of one chunk: user_id, song_id, artist (strings), duration (uint32, seconds),
+    timestamp (int64, epoch seconds UTC)."""
 
     table: pa.Table
     rejected: list[Rejection] = field(default_factory=list)
-    end_offset: int = 0  # byte offset just past this chunk in the file
+    end_offset: int = 0  # input bytes consumed just past this chunk
+    skipped: dict[str, int] = field(default_factory=dict)  # records left out on purpose, by reason
 
 
 @dataclass(frozen=True)
@@ -101,15 +117,23 @@ class Header:
 
 def read_header(path: Path) -> Header:
     """Parse the header line and check the required columns are there."""
+    with _open_input(lambda: path.open("rb"), str(path)) as f:
+        return parse_header(f.readline(HEADER_MAX_BYTES + 1), str(path))
+
+
+def _open_input(open_binary: Callable[[], BinaryIO], path: str) -> BinaryIO:
     try:
-        with path.open("rb") as f:
-            raw = f.readline(HEADER_MAX_BYTES + 1)
+        return open_binary()
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise InputError(f"{path}: is a directory, not a CSV file") from None
     except PermissionError:
         raise InputError(f"{path}: permission denied") from None
+
+
+def parse_header(raw: bytes, path: str) -> Header:
+    """The header from the file's first line (``raw``, read with a limit of HEADER_MAX_BYTES + 1)."""
     if not raw:
         raise InputError(f"{path}: empty file; expected a header line {','.join(REQUIRED)}")
     if len(raw) > HEADER_MAX_BYTES:
@@ -151,39 +175,73 @@ def read_events(
     the client uses it to re-read a prefix of the file when a replica was lost.
     """
     path = Path(path)
-    header = read_header(path)
+    return read_stream(
+        lambda: path.open("rb"),
+        str(path),
+        strict=strict,
+        chunk_bytes=chunk_bytes,
+        stop_offset=stop_offset,
+        max_row_bytes=max_row_bytes,
+    )
+
+
+def read_stream(
+    open_binary: Callable[[], BinaryIO],
+    path: str,
+    *,
+    strict: bool = False,
+    chunk_bytes: int = CHUNK_BYTES,
+    stop_offset: int | None = None,
+    max_row_bytes: int = MAX_ROW_BYTES,
+    source: str | None = None,
+) -> Iterator[Chunk]:
+    """``read_events`` of a file given by how to open it (a zip's member is read without seeking);
+    ``path`` names it in errors, ``source`` (if set) is put in every Rejection."""
+    with _open_input(open_binary, path) as f:
+        header = parse_header(f.readline(HEADER_MAX_BYTES + 1), path)
+        yield from _read_body(f, header, path, strict, chunk_bytes, stop_offset, max_row_bytes, source)
+
+
+def _read_body(
+    f: BinaryIO,
+    header: Header,
+    path: str,
+    strict: bool,
+    chunk_bytes: int,
+    stop_offset: int | None,
+    max_row_bytes: int,
+    source: str | None,
+) -> Iterator[Chunk]:
     line = 2  # first line after the header
-    with path.open("rb") as f:
-        f.seek(header.length)
-        offset = header.length
-        carry = b""
-        eof = False
-        while not eof:
-            limit = chunk_bytes if stop_offset is None else min(chunk_bytes, stop_offset - offset - len(carry))
-            data = f.read(max(limit, 0))
-            eof = not data or (stop_offset is not None and offset + len(carry) + len(data) >= stop_offset)
-            body = carry + data
-            if not eof:
-                cut = _row_boundary(body)
-                if cut < 0:  # no complete row yet: read more
-                    if len(body) > max_row_bytes:
-                        raise InputError(
-                            f"{path}:{line}: no row ends within {max_row_bytes} bytes; is a quoted field not closed?"
-                        )
-                    carry = body
-                    continue
-                body, carry = body[:cut], body[cut:]
-            else:
-                carry = b""
-            if not body:
+    offset = header.length
+    carry = b""
+    eof = False
+    while not eof:
+        limit = chunk_bytes if stop_offset is None else min(chunk_bytes, stop_offset - offset - len(carry))
+        data = f.read(max(limit, 0))
+        eof = not data or (stop_offset is not None and offset + len(carry) + len(data) >= stop_offset)
+        body = carry + data
+        if not eof:
+            cut = _row_boundary(body)
+            if cut < 0:  # no complete row yet: read more
+                if len(body) > max_row_bytes:
+                    raise InputError(
+                        f"{path}:{line}: no row ends within {max_row_bytes} bytes; is a quoted field not closed?"
+                    )
+                carry = body
                 continue
-            chunk = _parse(body, header.names, line, str(path))
-            offset += len(body)
-            chunk.end_offset = offset
-            line += _line_breaks(body)
-            if strict and chunk.rejected:
-                raise BadRowError(chunk.rejected[0].describe(str(path)))
-            yield chunk
+            body, carry = body[:cut], body[cut:]
+        else:
+            carry = b""
+        if not body:
+            continue
+        chunk = _parse(body, header.names, line, source)
+        offset += len(body)
+        chunk.end_offset = offset
+        line += _line_breaks(body)
+        if strict and chunk.rejected:
+            raise BadRowError(chunk.rejected[0].describe(path))
+        yield chunk
 
 
 _LF, _CR, _QUOTE = ord("\n"), ord("\r"), ord('"')
@@ -270,11 +328,11 @@ def _quote_toggles_exact(body: bytes, quotes: list[int]) -> np.ndarray:
     return np.array(toggles, dtype=np.int64)
 
 
-def _parse(body: bytes, names: tuple[str, ...], first_line: int, path: str) -> Chunk:
+def _parse(body: bytes, names: tuple[str, ...], first_line: int, source: str | None = None) -> Chunk:
     table = _parse_fast(body, names)
     if table is not None:
         return Chunk(table)
-    return _parse_exact(body, names, first_line)
+    return _parse_exact(body, names, first_line, source)
 
 
 _DICTIONARY = pa.dictionary(pa.int32(), pa.string())
@@ -309,22 +367,65 @@ def _parse_fast(body: bytes, names: tuple[str, ...]) -> pa.Table | None:
         if not pc.all(pc.utf8_is_digit(duration)).as_py():
             return None
         duration = pc.cast(duration, pa.uint32())  # raises past 2^32-1
-        if not _iso8601_timestamps(table["timestamp"]):
+        timestamp = epoch_seconds(table["timestamp"])
+        if timestamp is None:
             return None
     except pa.ArrowInvalid:
         return None
-    return pa.table({c: table[c] for c in STRING_COLUMNS} | {"duration": duration})
+    return pa.table({c: table[c] for c in STRING_COLUMNS} | {"duration": duration, "timestamp": timestamp})
+
+
+def epoch_seconds(ts: pa.ChunkedArray) -> pa.ChunkedArray | None:
+    """Epoch seconds (int64, floored) of ISO 8601 text, or None if Arrow's parser cannot read
+    every value (then the exact path decides)."""
+    parts = []
+    for chunk in ts.chunks:
+        seconds = _epoch_seconds_fast(chunk)
+        if seconds is None:
+            return None
+        parts.append(seconds)
+    return pa.chunked_array(parts, type=pa.int64())
+
+
+def _epoch_seconds_fast(ts: pa.Array) -> pa.Array | None:
+    # A cast reads values all with a zone (tz="UTC": the offset applied) or all without; a mix is
+    # split by the zone's shape and each part cast on its own.
+    zoned = pc.match_substring_regex(ts, _ZONED)
+    n_zoned = pc.sum(zoned).as_py() or 0
+    try:
+        if n_zoned in (0, len(ts)):
+            nanos = pc.cast(ts, pa.timestamp("ns", tz="UTC" if n_zoned else None)).cast(pa.int64()).to_numpy()
+        else:
+            mask = zoned.to_numpy(zero_copy_only=False)
+            nanos = np.empty(len(ts), dtype=np.int64)
+            nanos[mask] = pc.cast(ts.filter(zoned), pa.timestamp("ns", tz="UTC")).cast(pa.int64()).to_numpy()
+            nanos[~mask] = pc.cast(ts.filter(pc.invert(zoned)), pa.timestamp("ns")).cast(pa.int64()).to_numpy()
+    except pa.ArrowInvalid:
+        return None
+    # Floor division: 1969-12-31T23:59:59.5Z is -1, not 0.
+    return pa.array(nanos // 1_000_000_000, type=pa.int64())
 
 
 def _iso8601_timestamps(ts: pa.ChunkedArray) -> bool:
-    """True if Arrow's ISO 8601 parser reads every value: all with a zone, or all without."""
-    for zone in ("UTC", None):
-        try:
-            pc.cast(ts, pa.timestamp("ns", tz=zone))
-            return True
-        except pa.ArrowInvalid:
-            continue
-    return False
+    """True if the fast path reads every value of ``ts``."""
+    return epoch_seconds(ts) is not None
+
+
+def parse_timestamp(text: str) -> int | None:
+    """Epoch seconds (UTC, floored) of ``text`` by TIMESTAMP_PATTERN, or None if it is not one."""
+    match = _TIMESTAMP.fullmatch(text)
+    if match is None:
+        return None
+    try:
+        day = dt.date(int(match["year"]), int(match["month"]), int(match["day"])).toordinal() - _EPOCH_ORDINAL
+    except ValueError:
+        return None
+    # A fraction never changes the floored second; ":60" adds up to the next second by itself.
+    seconds = day * 86400 + sum(int(match[p] or 0) * k for p, k in (("hour", 3600), ("minute", 60), ("second", 1)))
+    if match["sign"]:
+        offset = int(match["zone_hours"]) * 3600 + int(match["zone_minutes"] or 0) * 60
+        seconds -= offset if match["sign"] == "+" else -offset
+    return seconds
 
 
 def check_row(row: list[str], names: tuple[str, ...]) -> tuple[str, str | None, str] | None:
@@ -348,22 +449,16 @@ def check_row(row: list[str], names: tuple[str, ...]) -> tuple[str, str | None, 
             (f"duration {duration!r} is not a whole number of seconds between 0 and {MAX_DURATION}"),
         )
     ts = values["timestamp"]
-    valid_ts = _TIMESTAMP.fullmatch(ts) is not None
-    if valid_ts:
-        try:
-            dt.date.fromisoformat(ts[:10])
-        except ValueError:
-            valid_ts = False
-    if not valid_ts:
+    if parse_timestamp(ts) is None:
         return "invalid_timestamp", "timestamp", f"timestamp {ts!r} is not an ISO 8601 date-time"
     return None
 
 
-def _parse_exact(body: bytes, names: tuple[str, ...], first_line: int) -> Chunk:
+def _parse_exact(body: bytes, names: tuple[str, ...], first_line: int, source: str | None = None) -> Chunk:
     """Row by row with the csv module: slow, exact, and knows every row's line number."""
     text = body.decode("utf-8", errors="surrogateescape")
     reader = csv.reader(io.StringIO(text, newline=""))
-    columns: dict[str, list] = {c: [] for c in (*STRING_COLUMNS, "duration")}
+    columns: dict[str, list] = {c: [] for c in (*STRING_COLUMNS, "duration", "timestamp")}
     positions = {c: names.index(c) for c in REQUIRED}
     rejected = []
     previous_line = 0
@@ -374,17 +469,19 @@ def _parse_exact(body: bytes, names: tuple[str, ...], first_line: int) -> Chunk:
             continue
         problem = check_row(row, names)
         if problem is not None:
-            rejected.append(Rejection(line, *problem))
+            rejected.append(Rejection(line, *problem, source=source))
             continue
         for c in STRING_COLUMNS:
             columns[c].append(row[positions[c]])
         columns["duration"].append(int(row[positions["duration"]]))
+        columns["timestamp"].append(parse_timestamp(row[positions["timestamp"]]))
     table = pa.table(
         {
             "user_id": pa.array(columns["user_id"], type=pa.string()),
             "song_id": pa.array(columns["song_id"], type=pa.string()),
             "artist": pa.array(columns["artist"], type=pa.string()),
             "duration": pa.array(columns["duration"], type=pa.uint32()),
+            "timestamp": pa.array(columns["timestamp"], type=pa.int64()),
         }
     )
     return Chunk(table, rejected)

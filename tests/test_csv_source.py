@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from music_analytics.client.csv_source import (
     BadRowError,
     InputError,
+    Rejection,
     _parse_exact,
     _parse_fast,
     read_events,
@@ -17,6 +19,12 @@ from music_analytics.client.csv_source import (
 )
 
 HEADER = b"user_id,song_id,artist,duration,timestamp\n"
+NAMES = ("user_id", "song_id", "artist", "duration", "timestamp")
+
+
+def epoch(*parts: int, offset: dt.timedelta = dt.timedelta(0)) -> int:
+    """Epoch seconds of a wall-clock time at a UTC ``offset``, by datetime (the test's own oracle)."""
+    return int(dt.datetime(*parts, tzinfo=dt.timezone(offset)).timestamp())
 
 
 def write(tmp_path: Path, body: bytes, name: str = "events.csv") -> Path:
@@ -99,7 +107,8 @@ def test_quoting_crlf_unicode_bom_and_blank_lines(tmp_path):
 def test_header_columns_in_another_order_with_extra_columns(tmp_path):
     body = b"timestamp,artist,extra,user_id,duration,song_id\n2024-01-01,A,x,u1,5,s1\n"
     rows, rejected = read_all(write(tmp_path, body))
-    assert rows == [{"user_id": "u1", "song_id": "s1", "artist": "A", "duration": 5}] and rejected == []
+    assert rows == [{"user_id": "u1", "song_id": "s1", "artist": "A", "duration": 5, "timestamp": epoch(2024, 1, 1)}]
+    assert rejected == []
 
 
 def test_line_numbers_stay_right_across_chunk_boundaries(tmp_path):
@@ -131,6 +140,58 @@ def test_fast_and_exact_paths_agree_on_clean_data(tmp_path):
     exact = _parse_exact(body, names, 2)
     assert fast is not None and exact.rejected == []
     assert fast.to_pylist() == exact.table.to_pylist()
+
+
+# Every form the rule accepts, and the instant each one is (written out by hand).
+STAMPS = [
+    ("2024-01-01", epoch(2024, 1, 1)),
+    ("2024-01-01T10", epoch(2024, 1, 1, 10)),
+    ("2024-01-01T10Z", epoch(2024, 1, 1, 10)),
+    ("2024-01-01 10:30", epoch(2024, 1, 1, 10, 30)),
+    ("2024-01-01T10:30:15", epoch(2024, 1, 1, 10, 30, 15)),
+    ("2024-01-01T10:30:15.999999Z", epoch(2024, 1, 1, 10, 30, 15)),
+    ("2024-01-01T10:30:15,5", epoch(2024, 1, 1, 10, 30, 15)),
+    ("2024-01-01T10:30:15+02:00", epoch(2024, 1, 1, 10, 30, 15, offset=dt.timedelta(hours=2))),
+    ("2024-01-01T10:30:15-0530", epoch(2024, 1, 1, 10, 30, 15, offset=-dt.timedelta(hours=5, minutes=30))),
+    ("2024-01-01T10:30:15+01", epoch(2024, 1, 1, 10, 30, 15, offset=dt.timedelta(hours=1))),
+    ("2024-02-29T23:59:59Z", epoch(2024, 2, 29, 23, 59, 59)),
+    ("1969-12-31T23:59:59.5Z", -1),  # floored: the second before the epoch, not the epoch
+    ("1900-03-01T00:00:00Z", epoch(1900, 3, 1)),
+    ("0001-01-01", epoch(1, 1, 1)),  # beyond Arrow's nanosecond range: the exact path
+    ("9999-12-31T23:59:59Z", epoch(9999, 12, 31, 23, 59, 59)),
+]
+
+
+@pytest.mark.parametrize(("stamp", "seconds"), STAMPS, ids=[s for s, _ in STAMPS])
+def test_timestamp_becomes_epoch_seconds_utc(tmp_path, stamp, seconds):
+    rows, rejected = read_all(write(tmp_path, HEADER + b'u,s,A,1,"' + stamp.encode() + b'"\n'))
+    assert rejected == [] and [r["timestamp"] for r in rows] == [seconds]
+
+
+def test_leap_second_is_the_next_second(tmp_path):
+    body = HEADER + b"u,s,A,1,2016-12-31T23:59:60Z\nu,s,A,1,2016-12-31T23:59:60.9+01:00\n"
+    rows, rejected = read_all(write(tmp_path, body))
+    assert rejected == []
+    assert [r["timestamp"] for r in rows] == [epoch(2017, 1, 1), epoch(2017, 1, 1, offset=dt.timedelta(hours=1))]
+
+
+def test_fast_and_exact_paths_agree_on_timestamps_of_every_form_mixed_in_one_chunk():
+    # Arrow reads neither a decimal comma nor years outside its nanosecond range.
+    arrow_readable = [(s, t) for s, t in STAMPS if 1678 <= int(s[:4]) <= 2261 and "," not in s]
+    body = b"".join(b'u,s,A,1,"%s"\n' % s.encode() for s, _ in arrow_readable)
+    fast = _parse_fast(body, NAMES)
+    exact = _parse_exact(body, NAMES, 2)
+    assert fast is not None, "the fast path should read zoned and naive values mixed in a chunk"
+    assert fast["timestamp"].to_pylist() == exact.table["timestamp"].to_pylist() == [t for _, t in arrow_readable]
+
+
+def test_rejection_names_its_source_and_a_record_when_there_are_no_lines():
+    line = Rejection(7, "empty_field", "artist", "artist is empty", source="export.zip:listens/2021/3.jsonl")
+    record = Rejection(3, "missing_field", "ts", "ts is missing", source="Streaming_History_Audio_2021.json",
+                       unit="record")  # fmt: skip
+    assert line.describe("ignored.csv") == "export.zip:listens/2021/3.jsonl:7 field 'artist': artist is empty"
+    assert record.describe("ignored.csv") == "Streaming_History_Audio_2021.json: record 3 field 'ts': ts is missing"
+    assert Rejection(2, "wrong_field_count", None, "expected 5").describe("in.csv") == "in.csv:2: expected 5"
 
 
 def test_missing_file(tmp_path):

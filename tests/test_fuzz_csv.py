@@ -13,7 +13,8 @@ chunk boundaries (as the client re-reads a prefix), then in strict mode.
 
 The only outcomes allowed: InputError exactly when the reference finds the header unusable;
 otherwise every row the reference rejects is a Rejection with the same line, reason and field,
-and the rows kept are the reference's, value for value, in order. ``reference_read`` is that
+and the rows kept are the reference's, value for value (the timestamp as epoch seconds, which the
+reference computes with datetime), in order. ``reference_read`` is that
 reference: the csv module on the whole file at once, and the rules of csv_source's docstring
 written out plainly (timestamps by their own pattern and calendar check).
 
@@ -54,7 +55,7 @@ CHUNK_SIZES = (16, 64, 256, 4096, CHUNK_BYTES)
 
 @dataclass(frozen=True)
 class Outcome:
-    rows: list[dict]  # user_id, song_id, artist, duration
+    rows: list[dict]  # user_id, song_id, artist, duration, timestamp
     rejected: list[tuple[int, str, str | None]]  # line, reason, field
 
 
@@ -63,20 +64,30 @@ class Outcome:
 _STAMP = re.compile(
     r"(?P<year>[0-9]{4})-(?P<month>[0-9]{2})-(?P<day>[0-9]{2})"
     r"(?:[T ](?P<hour>[0-9]{2})(?::(?P<minute>[0-9]{2})(?::(?P<second>[0-9]{2})(?:[.,][0-9]+)?)?)?"
-    r"(?:Z|[+-](?P<zone_hours>[0-9]{2})(?::?(?P<zone_minutes>[0-9]{2}))?)?)?"
+    r"(?:Z|(?P<sign>[+-])(?P<zone_hours>[0-9]{2})(?::?(?P<zone_minutes>[0-9]{2}))?)?)?"
 )
 
 
-def valid_timestamp(text: str) -> bool:
+def stamp_seconds(text: str) -> int | None:
+    """Epoch seconds of a valid timestamp (no zone: UTC; fraction floored; second 60: the next
+    second), None for an invalid one."""
     match = _STAMP.fullmatch(text)
     if match is None:
-        return False
-    try:
-        dt.date(int(match["year"]), int(match["month"]), int(match["day"]))
-    except ValueError:
-        return False
+        return None
     limits = {"hour": 23, "minute": 59, "second": 60, "zone_hours": 23, "zone_minutes": 59}
-    return all(match[part] is None or int(match[part]) <= limit for part, limit in limits.items())
+    if any(match[part] is not None and int(match[part]) > limit for part, limit in limits.items()):
+        return None
+    try:
+        day = dt.datetime(int(match["year"]), int(match["month"]), int(match["day"]), tzinfo=dt.UTC)
+    except ValueError:
+        return None
+    zone = dt.timedelta(hours=int(match["zone_hours"] or 0), minutes=int(match["zone_minutes"] or 0))
+    if match["sign"] == "-":
+        zone = -zone
+    local = dt.timedelta(
+        hours=int(match["hour"] or 0), minutes=int(match["minute"] or 0), seconds=int(match["second"] or 0)
+    )
+    return (day - dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + local - zone) // dt.timedelta(seconds=1)
 
 
 def _not_utf8(text: str) -> bool:
@@ -94,7 +105,7 @@ def _problem(values: dict[str, str]) -> tuple[str, str | None] | None:
     duration = values["duration"]
     if not duration or any(c not in "0123456789" for c in duration) or int(duration) >= 2**32:
         return "invalid_duration", "duration"
-    if not valid_timestamp(values["timestamp"]):
+    if stamp_seconds(values["timestamp"]) is None:
         return "invalid_timestamp", "timestamp"
     return None
 
@@ -139,7 +150,7 @@ def reference_read(data: bytes) -> Outcome | None:
             continue
         rows.append({
             "user_id": values["user_id"], "song_id": values["song_id"], "artist": values["artist"],
-            "duration": int(values["duration"]),
+            "duration": int(values["duration"]), "timestamp": stamp_seconds(values["timestamp"]),
         })  # fmt: skip
     return Outcome(rows, rejected)
 
