@@ -1,18 +1,32 @@
-"""The oracle checked against answers worked out by hand, on small files written out literally.
+"""The oracle checked against answers worked out by hand, on small files written out literally, and
+its time statistics against a brute-force computation in plain Python.
 
 These expectations are the only hard-coded analytics results in the test suite: everything else is
 compared with the oracle, so the oracle itself must be right on ties, byte-wise string order, RFC 4180
-quoting, CRLF line endings and the key rule.
+quoting, CRLF line endings and the key rule. The time statistics are checked against Python's own
+time zone rules (zoneinfo, datetime, Counter, row by row), on the time-rich history data and on
+random instants in several zones: two implementations of the IANA rules that share no code.
 """
 
 from __future__ import annotations
 
+import csv
+import datetime as dt
+import json
+import random
+import re
+import subprocess
+import sys
+from collections import Counter
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from tests.oracle import oracle, oracle_events, results_json
+from tests.oracle import UnknownTimeZoneError, oracle, oracle_events, oracle_stats, results_json
+from tests.support.history_data import ZONES, write_history
 
+ORACLE_SCRIPT = Path(__file__).resolve().parent / "oracle.py"
 HEADER = "user_id,song_id,artist,duration,timestamp"
 TS = "2026-01-01T00:00:00Z"
 
@@ -169,4 +183,211 @@ def test_results_json_shape(tmp_path: Path) -> None:
             "recommendations": {"u1": ["B - s2"], "u2": ["B - s2"]},
         },
         "events_processed": 3,
+    }
+
+
+# The time statistics: the oracle against a brute-force computation in plain Python (zoneinfo,
+# datetime, Counter), which shares nothing with the oracle's SQL but the rules as written.
+
+_ISO = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2})(?::(\d{2})(?::(\d{2})(?:[.,]\d+)?)?)?(Z|[+-]\d{2}(?::?\d{2})?)?)?"
+)
+WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+
+
+def brute_epoch(text: str) -> int:
+    """Epoch seconds of an ISO 8601 timestamp: no zone is UTC, a fraction is dropped (floor), and
+    second 60 is the first second of the next minute (timedelta carries it)."""
+    match = _ISO.fullmatch(text)
+    assert match, text
+    year, month, day, hour, minute, second, zone = match.groups()
+    wall = dt.datetime(int(year), int(month), int(day), tzinfo=dt.UTC) + dt.timedelta(
+        hours=int(hour or 0), minutes=int(minute or 0), seconds=int(second or 0)
+    )
+    offset = dt.timedelta(0)
+    if zone and zone != "Z":
+        digits = zone[1:].replace(":", "")
+        offset = dt.timedelta(hours=int(digits[:2]), minutes=int(digits[2:] or 0)) * (-1 if zone[0] == "-" else 1)
+    return int((wall - offset - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)).total_seconds())
+
+
+def first_instant(zone: ZoneInfo, year: int, month: int = 1, day: int = 1) -> int:
+    # fold=0 reads a skipped local midnight with the offset before the change: the day's first instant.
+    return int(dt.datetime(year, month, day, tzinfo=zone).timestamp())
+
+
+def brute_periods(counts: Counter, zone: ZoneInfo, kind: str) -> list[dict]:
+    """Every period from the first counted to the last, empty ones at 0."""
+    if not counts:
+        return []
+    first, last = min(counts), max(counts)
+    out = []
+    period = first
+    while period <= last:
+        if kind == "year":
+            start, following = first_instant(zone, period), first_instant(zone, period + 1)
+            name, step = f"{period:04d}", period + 1
+        elif kind == "month":
+            year, month = period
+            nxt = (year + 1, 1) if month == 12 else (year, month + 1)
+            start, following = first_instant(zone, year, month), first_instant(zone, *nxt)
+            name, step = f"{year:04d}-{month:02d}", nxt
+        else:
+            nxt = period + dt.timedelta(days=1)
+            start = first_instant(zone, period.year, period.month, period.day)
+            following = first_instant(zone, nxt.year, nxt.month, nxt.day)
+            name, step = period.isoformat(), nxt
+        out.append({"time_range": name, "from_ts": start, "to_ts": following - 1, "listen_count": counts[period]})
+        period = step
+    return out
+
+
+def brute_daily(local_times: list[dt.datetime]) -> list[dict]:
+    cells = Counter((t.weekday(), t.hour) for t in local_times)
+    return [{"day": WEEKDAYS[d], "hour": h, "listen_count": n} for (d, h), n in sorted(cells.items())]
+
+
+def brute_stats(path: Path, timezone: str) -> dict:
+    """``oracle_stats`` worked out row by row in Python."""
+    zone = ZoneInfo(timezone)
+    with path.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    events = []
+    for r in rows:
+        ts = brute_epoch(r["timestamp"])
+        events.append((r, ts, dt.datetime.fromtimestamp(ts, zone)))
+
+    def activity(selected: list, kinds: tuple[str, ...]) -> dict:
+        keys = {"year": lambda t: t.year, "month": lambda t: (t.year, t.month), "day": lambda t: t.date()}
+        return {k: brute_periods(Counter(keys[k](t) for _, _, t in selected), zone, k) for k in kinds}
+
+    def top_artists(selected: list) -> list[dict]:
+        plays = Counter(r["artist"] for r, _, _ in selected)
+        ranked = sorted(plays.items(), key=lambda item: (-item[1], item[0]))[:10]
+        return [{"artist": a, "listen_count": n} for a, n in ranked]
+
+    site = {
+        "timezone": timezone,
+        "first_ts": min((ts for _, ts, _ in events), default=None),
+        "last_ts": max((ts for _, ts, _ in events), default=None),
+        "top_artists": top_artists(events),
+        "daily_activity": brute_daily([t for _, _, t in events]),
+        "listening_activity": activity(events, ("year", "month", "day")),
+    }
+    lines = []
+    for user in sorted({r["user_id"] for r in rows}):
+        mine = [e for e in events if e[0]["user_id"] == user]
+        songs: dict[str, dict] = {}
+        for r, _, _ in mine:
+            key = f"{r['artist']} - {r['song_id']}"
+            new = {"song": key, "artist": r["artist"], "song_id": r["song_id"], "listen_count": 0}
+            entry = songs.setdefault(key, new)
+            entry["listen_count"] += 1
+            if r["artist"] < entry["artist"]:  # one key, two spellings: the smaller artist's
+                entry["artist"], entry["song_id"] = r["artist"], r["song_id"]
+        artists = top_artists(mine)
+        lines.append({
+            "user_id": user,
+            "total_time": sum(int(r["duration"]) for r, _, _ in mine),
+            "top_artist": artists[0]["artist"],
+            "top_artists": artists,
+            "top_songs": sorted(songs.values(), key=lambda s: (-s["listen_count"], s["song"]))[:10],
+            "daily_activity": brute_daily([t for _, _, t in mine]),
+            "listening_activity": activity(mine, ("year", "month")),
+        })  # fmt: skip
+    return {"listening_stats": site, "user_lines": lines}
+
+
+def first_difference(got: object, want: object, where: str = "") -> str | None:
+    """Where two JSON-like values first differ, for a readable failure."""
+    if isinstance(want, dict) and isinstance(got, dict):
+        if got.keys() != want.keys():
+            return f"{where}: keys {sorted(got)} != {sorted(want)}"
+        return next((d for k in want if (d := first_difference(got[k], want[k], f"{where}.{k}"))), None)
+    if isinstance(want, list) and isinstance(got, list):
+        pairs = enumerate(zip(got, want, strict=False))
+        found = next((d for i, (g, w) in pairs if (d := first_difference(g, w, f"{where}[{i}]"))), None)
+        return found or (f"{where}: length {len(got)} != {len(want)}" if len(got) != len(want) else None)
+    return None if got == want and type(got) is type(want) else f"{where}: {got!r} != {want!r}"
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_history(tmp_path_factory.mktemp("history") / "history.csv")
+
+
+@pytest.mark.parametrize("timezone", [*ZONES, "America/Santiago", "Pacific/Chatham"])
+def test_time_statistics_equal_a_brute_force_computation(history: Path, timezone: str) -> None:
+    got, want = oracle_stats(history, timezone), brute_stats(history, timezone)
+    assert (d := first_difference(got, want)) is None, d
+
+
+def csv_field(value: str) -> str:
+    quoted = value.replace('"', '""')
+    return f'"{quoted}"' if any(c in value for c in ',"') else value
+
+
+def random_rows(seed: int, count: int) -> list[str]:
+    """Random rows with instants anywhere from 1900 to 2038, written with random offsets and forms."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        utc = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=rng.randint(-2_208_988_800, 2**31 - 1))
+        minutes = rng.choice([0, 330, -240, 345, 60, -570, 840, -720, 45])
+        sign, hh, mm = "-" if minutes < 0 else "+", abs(minutes) // 60, abs(minutes) % 60
+        zones = [f"{sign}{hh:02d}:{mm:02d}", f"{sign}{hh:02d}{mm:02d}"] if minutes else ["Z", ""]
+        wall = utc + dt.timedelta(minutes=minutes)
+        stamp = wall.strftime("%Y-%m-%dT%H:%M:%S") + rng.choice(["", ".5", ",999999"]) + rng.choice(zones)
+        artist = rng.choice(["A", "B, b", "Ç", "a - b", "a"])
+        song = {"a - b": "c", "a": "b - c"}.get(artist, rng.choice(["s1", "s2"]))
+        fields = (rng.choice(["u1", "u2", 'u "3"', "ü4"]), song, artist, str(rng.randint(0, 900)), stamp)
+        rows.append(",".join(csv_field(v) for v in fields))
+    return rows
+
+
+@pytest.mark.parametrize("seed,timezone", [(1, "Europe/Berlin"), (2, "Australia/Lord_Howe"), (3, "America/New_York"),
+                                           (4, "Asia/Kathmandu"), (5, "Asia/Kolkata")])  # fmt: skip
+def test_random_instants_from_1900_to_2038(tmp_path: Path, seed: int, timezone: str) -> None:
+    path = write(tmp_path, random_rows(seed, 60))
+    got, want = oracle_stats(path, timezone), brute_stats(path, timezone)
+    assert (d := first_difference(got, want)) is None, d
+
+
+def test_header_only_has_empty_time_statistics(tmp_path: Path) -> None:
+    path = write(tmp_path, [])
+    assert oracle_stats(path, "Asia/Kathmandu") == brute_stats(path, "Asia/Kathmandu")
+    assert oracle_stats(path, "UTC")["listening_stats"]["listening_activity"] == {"year": [], "month": [], "day": []}
+
+
+def test_unknown_time_zone_is_refused_by_name(tmp_path: Path) -> None:
+    path = write(tmp_path, [f"u1,s1,A,1,{TS}"])
+    with pytest.raises(UnknownTimeZoneError, match="'Mars/Olympus_Mons'"):
+        oracle_stats(path, "Mars/Olympus_Mons")
+    proc = subprocess.run([sys.executable, str(ORACLE_SCRIPT), str(path), "--out", str(tmp_path / "r.json"),
+                           "--timezone", "Europe/Berlín"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 2 and "unknown time zone 'Europe/Berlín'" in proc.stderr, proc.stderr
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_script_writes_listening_stats_and_the_user_lines(history: Path, tmp_path: Path) -> None:
+    out, lines = tmp_path / "r.json", tmp_path / "r.users.jsonl"
+    proc = subprocess.run([sys.executable, str(ORACLE_SCRIPT), str(history), "--out", str(out),
+                           "--timezone", "Australia/Lord_Howe", "--user-stats", str(lines)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(out.read_text(encoding="utf-8"))
+    want = oracle_stats(history, "Australia/Lord_Howe")
+    assert results["listening_stats"] == want["listening_stats"]
+    assert results["user_stats"] == {"path": str(lines), "users": len(want["user_lines"])}
+    written = [json.loads(line) for line in lines.read_text(encoding="utf-8").splitlines()]
+    assert written == want["user_lines"]
+    assert [line["user_id"] for line in written] == sorted(line["user_id"] for line in written)
+    # Without the new flags the script's output is what it always was.
+    plain = tmp_path / "plain.json"
+    proc = subprocess.run([sys.executable, str(ORACLE_SCRIPT), str(history), "--out", str(plain)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert set(json.loads(plain.read_text(encoding="utf-8"))) == {
+        *("mapreduce_results", "userbehavior_results", "recommendation_results"),
+        *("events_processed", "oracle_seconds"),
     }
