@@ -82,7 +82,9 @@ def open_source(spec: str | Path, *, format: str | None = None, user: str | None
                 raise InputError(f"{spec}: cannot tell the format; pass --format (one of {', '.join(FORMATS)})")
             if len(found) > 1:
                 examples = "; ".join(f"{next(n for n, f in detected.items() if f == fmt)} is {fmt}" for fmt in found)
-                raise InputError(f"{spec}: files of more than one format ({examples}); pass --format to read one of them")
+                raise InputError(
+                    f"{spec}: files of more than one format ({examples}); pass --format to read one of them"
+                )
             format = found[0]
     chosen = members if not container else [m for m in members if _wanted(m, format, detected[m.name])]
     if not chosen:
@@ -97,18 +99,20 @@ def _wanted(member: Member, format: str, detected: str | None) -> bool:
         return False  # the video history has the same fields
     if detected == format:
         return True
-    # A file with no record to tell its format by (an empty month of a ListenBrainz export, an
-    # empty array) is still read if its name is the format's.
-    if detected is None and not member.head(256).strip(b" \t\r\n\xef\xbb\xbf[]"):
-        name = member.basename.lower()
-        return {
+    # A file whose content does not tell (an empty month of a ListenBrainz export, a CSV whose
+    # header is broken) is read if its name is the format's: its problems are then reported,
+    # not passed over in silence.
+    name = member.basename.lower()
+    return (
+        detected is None
+        and {
             "csv": name.endswith(".csv"),
             "listenbrainz": name.endswith((".jsonl", ".json")) and name not in listenbrainz.NOT_LISTENS,
             "spotify": True,
-            "lastfm-1k": name.endswith(".tsv"),
+            "lastfm-1k": name.endswith(".tsv") and "profile" not in name,  # the dataset's userid-profile.tsv
             "lastfm-scrobbles": name.endswith(".csv"),
         }[format]
-    return False
+    )
 
 
 # ---------------------------------------------------------------------------------------------
