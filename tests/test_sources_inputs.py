@@ -175,3 +175,16 @@ def test_files_of_two_formats_in_one_folder_need_a_choice(tmp_path):
 def test_unknown_format_name():
     with pytest.raises(InputError, match="unknown format 'itunes'; expected one of " + ", ".join(FORMATS)):
         open_source(SAMPLES / "lastfm-1k.tsv", format="itunes")
+
+
+def test_the_committed_samples_are_what_their_generator_writes(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_samples", SAMPLES / "make_samples.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(tmp_path)
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == sorted(p.name for p in SAMPLES.iterdir() if p.name != "make_samples.py")
+    for name in written:
+        assert (tmp_path / name).read_bytes() == (SAMPLES / name).read_bytes(), name

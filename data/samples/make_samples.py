@@ -106,7 +106,7 @@ def jsonl(records: list) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
 
 
-def listenbrainz(rng: random.Random) -> None:
+def listenbrainz(rng: random.Random, out: Path) -> None:
     # The export zip: listens/YYYY/M.jsonl (month not zero-padded) and no user name in a listen.
     by_month: dict[tuple[int, int], list] = {}
     for play in plays(rng, 30, dt.datetime(2023, 11, 20, tzinfo=dt.UTC)):
@@ -118,19 +118,19 @@ def listenbrainz(rng: random.Random) -> None:
     members += [(f"listens/{y}/{m}.jsonl", jsonl(ls)) for (y, m), ls in sorted(by_month.items())]
     members.append(("feedback.jsonl", b'{"recording_msid": "5b7e3a7e-2d2c-4f5b-9c59-8f0e0d3b9a11", '
                                       b'"recording_mbid": null, "score": 1, "created": 1700000000}\n'))  # fmt: skip
-    write_zip(HERE / "listenbrainz_rob_export.zip", members)
+    write_zip(out / "listenbrainz_rob_export.zip", members)
 
     # JSON Lines from the API, two users, and the older JSON array export of one.
     records = [
         lb_listen(rng, p, user=rng.choice(["alice", "bob"]), mapped=rng.random() < 0.5, msid_at="additional_info")
         for p in plays(rng, 20, dt.datetime(2021, 3, 1, tzinfo=dt.UTC))
     ]
-    (HERE / "listenbrainz_listens.jsonl").write_bytes(jsonl(records))
+    (out / "listenbrainz_listens.jsonl").write_bytes(jsonl(records))
     array = [
         lb_listen(rng, p, user="carol", mapped=False, msid_at="top")
         for p in plays(rng, 12, dt.datetime(2019, 12, 25, tzinfo=dt.UTC))
     ]
-    (HERE / "listenbrainz_carol.json").write_text(json.dumps(array, ensure_ascii=False, indent=2) + "\n")
+    (out / "listenbrainz_carol.json").write_text(json.dumps(array, ensure_ascii=False, indent=2) + "\n")
 
     good = [lb_listen(rng, p, user="dave", mapped=True, msid_at="track_metadata")
             for p in plays(rng, 4, dt.datetime(2022, 1, 1, tzinfo=dt.UTC))]  # fmt: skip
@@ -157,7 +157,7 @@ def listenbrainz(rng: random.Random) -> None:
         b'["not", "an", "object"]',  # 8: invalid_json (not an object)
         line(good[3]),  # 9
     ]
-    (HERE / "listenbrainz-bad.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    (out / "listenbrainz-bad.jsonl").write_bytes(b"\n".join(lines) + b"\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,7 +210,7 @@ def spotify_stream(rng: random.Random, play: tuple, *, username: str | None, kin
     return stream
 
 
-def spotify(rng: random.Random) -> None:
+def spotify(rng: random.Random, out: Path) -> None:
     files = []
     start = dt.datetime(2023, 3, 20, tzinfo=dt.UTC)
     for index in range(2):
@@ -224,11 +224,11 @@ def spotify(rng: random.Random) -> None:
     files.append(("Spotify Extended Streaming History/Streaming_History_Video_2024.json", json.dumps(video).encode()))
     files.append(("Spotify Extended Streaming History/ReadMeFirst_ExtendedStreamingHistory.pdf",
                   b"%PDF-1.4\n% sample stand-in for Spotify's field guide\n%%EOF\n"))  # fmt: skip
-    write_zip(HERE / "spotify_extended_history.zip", files)
+    write_zip(out / "spotify_extended_history.zip", files)
 
     # An older export (endsong_N.json) whose streams name the user.
     old = [spotify_stream(rng, p, username="erin_sp") for p in plays(rng, 10, dt.datetime(2018, 10, 26, tzinfo=dt.UTC))]
-    (HERE / "endsong_0.json").write_text(json.dumps(old, ensure_ascii=False, indent=1) + "\n")
+    (out / "endsong_0.json").write_text(json.dumps(old, ensure_ascii=False, indent=1) + "\n")
 
     good = [spotify_stream(rng, p, username="erin_sp") for p in plays(rng, 3, dt.datetime(2020, 1, 1, tzinfo=dt.UTC))]
     no_track = spotify_stream(rng, plays(rng, 1, dt.datetime(2020, 2, 1, tzinfo=dt.UTC))[0], username="erin_sp",
@@ -237,7 +237,7 @@ def spotify(rng: random.Random) -> None:
     bad_ms = dict(good[1], ms_played="lots")
     no_artist = dict(good[2], master_metadata_album_artist_name=None)
     records = [good[0], no_track, bad_ts, bad_ms, no_artist, good[1], good[2]]
-    (HERE / "spotify-bad.json").write_text(json.dumps(records, ensure_ascii=False, indent=1) + "\n")
+    (out / "spotify-bad.json").write_text(json.dumps(records, ensure_ascii=False, indent=1) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,13 +245,13 @@ def spotify(rng: random.Random) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def lastfm(rng: random.Random) -> None:
+def lastfm(rng: random.Random, out: Path) -> None:
     lines = []
     for user in ("user_000001", "user_000002", "user_000003"):
         for artist, artist_mbid, track, _, t in plays(rng, 8, dt.datetime(2008, 12, 28, tzinfo=dt.UTC)):
             track_mbid = uuid(rng) if rng.random() < 0.6 else ""
             lines.append("\t".join([user, t.strftime("%Y-%m-%dT%H:%M:%SZ"), artist_mbid, artist, track_mbid, track]))
-    (HERE / "lastfm-1k.tsv").write_text("\n".join(lines) + "\n")
+    (out / "lastfm-1k.tsv").write_text("\n".join(lines) + "\n")
     bad = [
         lines[0],
         "user_000004\t2009-05-04T23:08:57Z\t\tDeep Dish\t",  # 2: five fields
@@ -260,14 +260,14 @@ def lastfm(rng: random.Random) -> None:
         "\t2009-05-04T23:08:57Z\t\tDeep Dish\t\tFlashdance",  # 5: no user
         lines[1],
     ]
-    (HERE / "lastfm-1k-bad.tsv").write_text("\n".join(bad) + "\n")
+    (out / "lastfm-1k-bad.tsv").write_text("\n".join(bad) + "\n")
 
     rows = []
     for artist, _, track, _, t in reversed(plays(rng, 25, dt.datetime(2021, 1, 10, tzinfo=dt.UTC))):
         album = "" if rng.random() < 0.2 else "Album, Deluxe" if rng.random() < 0.3 else "Album"
         fields = [artist, album, track, t.strftime("%d %b %Y %H:%M")]
         rows.append(",".join('"' + f.replace('"', '""') + '"' if any(c in f for c in ',"') else f for f in fields))
-    (HERE / "lastfm_scrobbles.csv").write_text("\n".join(rows) + "\n")
+    (out / "lastfm_scrobbles.csv").write_text("\n".join(rows) + "\n")
     bad_rows = [
         rows[0],
         "Radiohead,OK Computer,Airbag",  # 2: three fields
@@ -276,13 +276,13 @@ def lastfm(rng: random.Random) -> None:
         "Radiohead,OK Computer,,31 Jan 2021 14:05",  # 5: no track
         rows[1],
     ]
-    (HERE / "lastfm-scrobbles-bad.csv").write_text("\n".join(bad_rows) + "\n")
+    (out / "lastfm-scrobbles-bad.csv").write_text("\n".join(bad_rows) + "\n")
 
 
-def main() -> None:
-    listenbrainz(random.Random(1))
-    spotify(random.Random(2))
-    lastfm(random.Random(3))
+def main(out: Path = HERE) -> None:
+    listenbrainz(random.Random(1), out)
+    spotify(random.Random(2), out)
+    lastfm(random.Random(3), out)
 
 
 if __name__ == "__main__":
