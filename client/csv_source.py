@@ -388,20 +388,24 @@ def epoch_seconds(ts: pa.ChunkedArray) -> pa.ChunkedArray | None:
 
 
 def _epoch_seconds_fast(ts: pa.Array) -> pa.Array | None:
-    # A cast reads values all with a zone (tz="UTC": the offset applied) or all without; a mix is
-    # split by the zone's shape and each part cast on its own.
-    zoned = pc.match_substring_regex(ts, _ZONED)
-    n_zoned = pc.sum(zoned).as_py() or 0
-    try:
-        if n_zoned in (0, len(ts)):
-            nanos = pc.cast(ts, pa.timestamp("ns", tz="UTC" if n_zoned else None)).cast(pa.int64()).to_numpy()
-        else:
-            mask = zoned.to_numpy(zero_copy_only=False)
-            nanos = np.empty(len(ts), dtype=np.int64)
+    # A cast reads values all with a zone (tz="UTC": the offset applied) or all without; a chunk
+    # mixing them is split by the zone's shape and each part cast on its own.
+    nanos = None
+    for zone in ("UTC", None):
+        try:
+            nanos = pc.cast(ts, pa.timestamp("ns", tz=zone)).cast(pa.int64()).to_numpy()
+            break
+        except pa.ArrowInvalid:
+            continue
+    if nanos is None:
+        zoned = pc.match_substring_regex(ts, _ZONED)
+        mask = zoned.to_numpy(zero_copy_only=False)
+        nanos = np.empty(len(ts), dtype=np.int64)
+        try:
             nanos[mask] = pc.cast(ts.filter(zoned), pa.timestamp("ns", tz="UTC")).cast(pa.int64()).to_numpy()
             nanos[~mask] = pc.cast(ts.filter(pc.invert(zoned)), pa.timestamp("ns")).cast(pa.int64()).to_numpy()
-    except pa.ArrowInvalid:
-        return None
+        except pa.ArrowInvalid:
+            return None
     # Floor division: 1969-12-31T23:59:59.5Z is -1, not 0.
     return pa.array(nanos // 1_000_000_000, type=pa.int64())
 
