@@ -31,18 +31,29 @@ def test_song_ties_by_key_and_top_n_cut():
     assert [(s.song, s.plays) for s in counter.top(3)] == [("a - s", 2), ("b - s", 2), ("c - s", 1)]
 
 
+def _add(stats: UserStats, rows: list[tuple[str, str, int]]) -> None:
+    """(user, artist, duration) rows, all of one song at one instant."""
+    columns_ = ([r[0] for r in rows], [r[1] for r in rows], ["s"] * len(rows))
+    encoded = [pa.array(col).dictionary_encode() for col in columns_]
+    stats.add_columns(
+        *(part for e in encoded for part in (e.dictionary, e.indices.to_numpy())),
+        np.array([r[2] for r in rows], dtype=np.uint32),
+        np.zeros(len(rows), dtype=np.int64),
+    )
+
+
 def test_user_totals_are_exact_at_the_largest_durations():
     stats = UserStats()
     big = 2**32 - 1
     for _ in range(3):
-        stats.add_events([("u", "A", big)] * 70_000)
+        _add(stats, [("u", "A", big)] * 70_000)
     [chunk] = list(stats.summaries())
     assert chunk.total_time == [big * 210_000]  # far past 2^53: float sums would round
 
 
 def test_top_artist_ties_by_name_and_top_users_by_id():
     stats = UserStats()
-    stats.add_events([("u2", "b", 5), ("u2", "a", 5), ("u1", "Z", 5), ("u1", "é", 5), ("u3", "x", 10)])
+    _add(stats, [("u2", "b", 5), ("u2", "a", 5), ("u1", "Z", 5), ("u1", "é", 5), ("u3", "x", 10)])
     [chunk] = list(stats.summaries())
     assert dict(zip(chunk.user_ids, chunk.top_artist, strict=True)) == {"u2": "a", "u1": "Z", "u3": "x"}
     assert stats.top_users(2) == [("u1", 10), ("u2", 10)]
@@ -106,7 +117,9 @@ def test_bulk_paths_equal_the_oracle(tmp_path, small_flushes):
             stats.add_columns(
                 cols["user_id"].dictionary, cols["user_id"].indices.to_numpy(),
                 cols["artist"].dictionary, cols["artist"].indices.to_numpy(),
+                cols["song_id"].dictionary, cols["song_id"].indices.to_numpy(),
                 table["duration"].combine_chunks().to_numpy(),
+                table["timestamp"].combine_chunks().to_numpy(),
             )  # fmt: skip
     expected = oracle(data)
     assert [[s.song, s.plays] for s in counter.top(10)] == [list(x) for x in expected["top_songs"]]

@@ -75,6 +75,13 @@ def uint32_column(raw: bytes, rows: int, what: str) -> np.ndarray:
     return np.frombuffer(raw, dtype="<u4")
 
 
+def int64_column(raw: bytes, rows: int, what: str) -> np.ndarray:
+    """Decode exactly ``rows`` int64 LE values."""
+    if len(raw) != rows * 8:
+        raise InvalidBatchError(f"{what}: expected {rows} int64 values ({rows * 8} bytes), got {len(raw)} bytes")
+    return np.frombuffer(raw, dtype="<i8")
+
+
 class StringIds:
     """Assigns dense ids to strings in first-seen order, many dictionaries at a time.
 
@@ -228,3 +235,46 @@ def _merge_into(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarra
     counts[at[shared]] += b_counts[shared]
     new = ~shared
     return np.insert(a_keys, at[new], b_keys[new]), np.insert(counts, at[new], b_counts[new])
+
+
+class IntIds:
+    """Assigns dense ids to int64 keys in first-seen order, vectorised: the known keys are kept
+    sorted, so a batch is mapped with one ``unique`` and one ``searchsorted``."""
+
+    def __init__(self) -> None:
+        self._sorted = np.empty(0, dtype=np.int64)
+        self._sorted_ids = np.empty(0, dtype=np.int64)
+        self._by_id: list[np.ndarray] = []
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def nbytes(self) -> int:
+        return 3 * 8 * self._count
+
+    @property
+    def keys(self) -> np.ndarray:
+        """Every key, by id."""
+        if len(self._by_id) > 1:
+            self._by_id = [np.concatenate(self._by_id)]
+        return self._by_id[0] if self._by_id else np.empty(0, dtype=np.int64)
+
+    def map(self, keys: np.ndarray) -> np.ndarray:
+        """The id of every key, adding unseen keys."""
+        distinct, inverse = np.unique(keys, return_inverse=True)
+        at = np.searchsorted(self._sorted, distinct)
+        found = at < len(self._sorted)
+        found[found] = self._sorted[at[found]] == distinct[found]
+        ids = np.empty(len(distinct), dtype=np.int64)
+        ids[found] = self._sorted_ids[at[found]]
+        new = ~found
+        added = int(new.sum())
+        if added:
+            ids[new] = np.arange(self._count, self._count + added)
+            self._sorted = np.insert(self._sorted, at[new], distinct[new])
+            self._sorted_ids = np.insert(self._sorted_ids, at[new], ids[new])
+            self._by_id.append(distinct[new])
+            self._count += added
+        return ids[inverse.reshape(-1)]

@@ -22,6 +22,9 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 TOP_SONGS = 10
 TOP_USERS = 5
 TRENDING_SONGS = 5
+# Length of each user's top artists and top songs, and of the site-wide top artists.
+TOP_PER_USER = 10
+TOP_ARTISTS = 10
 
 # Bounds of the request fields (INVALID_ARGUMENT past them).
 MAX_TOP_N = 10_000

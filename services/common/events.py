@@ -13,13 +13,15 @@ from music_analytics.services.common.columns import (
     InvalidBatchError,
     drop_unused,
     indices,
+    int64_column,
     string_array,
     uint32_column,
 )
 from music_analytics.services.common.contract import MAX_BATCH_ROWS
+from music_analytics.services.common.timestamps import parse_timestamp
 
 # Columns each service reads; the others may be absent from what it is sent.
-USER, SONG, ARTIST, DURATION = "user_id", "song_id", "artist", "duration"
+USER, SONG, ARTIST, DURATION, TIMESTAMP = "user_id", "song_id", "artist", "duration", "timestamp"
 STRING_COLUMNS = (USER, SONG, ARTIST)
 
 
@@ -34,6 +36,7 @@ class EventColumns:
     rows: int
     columns: dict[str, DictColumn]
     duration: np.ndarray | None
+    timestamp: np.ndarray | None = None  # int64 seconds since 1970 UTC
 
 
 def decode_chunk(chunk: events_pb2.EventChunk, needed: tuple[str, ...]) -> EventColumns:
@@ -72,7 +75,13 @@ def _decode_batch(batch: events_pb2.EventBatch, needed: tuple[str, ...]) -> Even
             columns[name] = DictColumn(*drop_unused(dictionary, idx))
     # proto3 cannot tell an absent bytes field from an empty one: no durations is absent.
     duration = uint32_column(batch.duration, rows, DURATION) if batch.duration or DURATION in needed else None
-    return EventColumns(rows, columns, duration if DURATION in needed else None)
+    timestamp = int64_column(batch.timestamp, rows, TIMESTAMP) if batch.timestamp or TIMESTAMP in needed else None
+    return EventColumns(
+        rows,
+        columns,
+        duration if DURATION in needed else None,
+        timestamp if TIMESTAMP in needed else None,
+    )
 
 
 def _dictionary_column(column: events_pb2.DictionaryColumn, rows: int, name: str) -> tuple[pa.Array, np.ndarray]:
@@ -95,12 +104,42 @@ def _decode_records(records: events_pb2.PlayEvents, needed: tuple[str, ...]) -> 
         for name in STRING_COLUMNS:
             if not getattr(event, name):
                 raise InvalidBatchError(f"records.events[{i}].{name} is empty", "empty_field")
+    timestamp = None
+    if TIMESTAMP in needed:
+        timestamp = np.empty(len(events), dtype=np.int64)
+        for i, event in enumerate(events):
+            try:
+                timestamp[i] = parse_timestamp(event.timestamp)
+            except ValueError as exc:
+                raise InvalidBatchError(f"records.events[{i}].timestamp: {exc}") from None
     columns = {}
     for name in needed:
-        if name == DURATION:
+        if name in (DURATION, TIMESTAMP):
             continue
         values = [getattr(e, name) for e in events]
         encoded = pc.dictionary_encode(pa.array(values, type=pa.string()))
         columns[name] = DictColumn(encoded.dictionary, encoded.indices.to_numpy().astype(np.uint32))
     duration = np.fromiter((e.duration for e in events), dtype=np.uint32, count=len(events))
-    return EventColumns(len(events), columns, duration if DURATION in needed else None)
+    return EventColumns(len(events), columns, duration if DURATION in needed else None, timestamp)
+
+
+def string_array_message(arr: pa.Array) -> events_pb2.StringArray:
+    """A string array as the StringArray message (offsets rebased to 0)."""
+    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    if arr.type != pa.string():
+        arr = arr.cast(pa.string())
+    if len(arr) == 0:
+        return events_pb2.StringArray(offsets=np.zeros(1, dtype="<i4").tobytes(), data=b"")
+    _, offsets, data = arr.buffers()
+    offs = np.frombuffer(offsets, dtype="<i4")[arr.offset : arr.offset + len(arr) + 1]
+    start, stop = int(offs[0]), int(offs[-1])
+    return events_pb2.StringArray(offsets=(offs - start).tobytes(), data=data.to_pybytes()[start:stop])
+
+
+def dictionary_column_message(values: pa.Array, ids: np.ndarray) -> events_pb2.DictionaryColumn:
+    """Rows ``values[ids]`` as a DictionaryColumn holding only the values used."""
+    used, index = np.unique(ids, return_inverse=True)
+    return events_pb2.DictionaryColumn(
+        dictionary=string_array_message(pc.take(values, pa.array(used))),
+        indices=index.reshape(-1).astype("<u4").tobytes(),
+    )

@@ -112,10 +112,12 @@ def ingest(
     default_top: int,
     state: CallState,
     limits: CallLimits,
+    first: Callable[[EventRequest], None] | None = None,
 ) -> int:
     """Decode every stream message into ``needed`` columns and pass it to ``add``.
 
-    Returns the ``top_n`` the first message asked for. Bad input ends the call with
+    Returns the ``top_n`` the first message asked for; ``first`` reads the first message's other
+    settings before its events are added. Bad input ends the call with
     INVALID_ARGUMENT naming the message and the problem; state past ``limits`` ends it with
     RESOURCE_EXHAUSTED. Every refusal is counted by reason.
     """
@@ -124,6 +126,8 @@ def ingest(
         if top_n is None:
             check_bound(context, metrics, "top_n", request.top_n, MAX_TOP_N)
             top_n = request.top_n or default_top
+            if first is not None:
+                first(request)
         try:
             batch = decode_chunk(request.events, needed)
         except InvalidBatchError as exc:

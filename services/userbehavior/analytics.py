@@ -1,4 +1,4 @@
-"""Listening time and top artist per user. Plain functions and data, no gRPC."""
+"""Per-user listening: time, top artists and songs, and when they listen. Plain functions and data, no gRPC."""
 
 from __future__ import annotations
 
@@ -9,20 +9,76 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from music_analytics.services.common.columns import KeyCounter, PendingBatches, StringIds
-from music_analytics.services.common.contract import TOP_USERS, top_ranked
+from music_analytics.services.common.clock import LocalClock
+from music_analytics.services.common.columns import IntIds, KeyCounter, PendingBatches, StringIds
+from music_analytics.services.common.contract import TOP_PER_USER, TOP_USERS, top_ranked
 
-_ARTIST_BITS = 32
+DAY = 86400
+CELLS = 7 * 24  # (weekday, hour) cells, Monday = 0: weekday * 24 + hour
+# 1970-01-01 was a Thursday: day 0 has weekday 3 (Monday = 0).
+_THURSDAY = 3
+_ITEM_BITS = 32
+# The "when" key of an event: user << 24 | cell << 16 | month, months biased to stay non-negative
+# (16 bits: January 1970 plus or minus 2730 years).
+_MONTH_BITS = 16
+_MONTH_BIAS = 1 << (_MONTH_BITS - 1)
+_WHEN_BITS = 8 + _MONTH_BITS
+
+
+@dataclass(frozen=True)
+class Lists:
+    """Per-user lists, flattened: user i's entries are ``ends[i-1]:ends[i]`` (0 for the first)."""
+
+    ends: np.ndarray  # uint32 per user
+    keys: np.ndarray  # per entry: an artist or song id, a cell, or a month (see the field using it)
+    counts: np.ndarray  # uint32 per entry
+
+    def take(self, users: np.ndarray) -> Lists:
+        """The lists of ``users`` (ids, in that order)."""
+        ends = self.ends.astype(np.int64)
+        starts = np.concatenate(([0], ends[:-1]))[users]
+        lengths = ends[users] - starts
+        new_ends = np.cumsum(lengths)
+        index = np.repeat(starts - (new_ends - lengths), lengths) + np.arange(int(new_ends[-1]) if len(users) else 0)
+        return Lists(new_ends.astype(np.uint32), self.keys[index], self.counts[index])
 
 
 @dataclass(frozen=True)
 class UserColumns:
-    """Users as parallel lists: entry i of each belongs to user_ids[i]."""
+    """Users as parallel columns: entry i of each belongs to user_ids[i]."""
 
     user_ids: list[str]
     total_time: list[int]  # seconds listened
     top_artist: list[str]  # most played artist, ties by name ascending
     plays: list[int]
+    top_artists: Lists  # keys: indices into ``artists``
+    top_songs: Lists  # keys: indices into ``songs``
+    daily_activity: Lists  # keys: cells, weekday * 24 + hour
+    monthly_activity: Lists  # keys: months since January 1970 (local)
+    artists: pa.Array  # artist names, by artist id
+    songs: SongNames
+
+
+@dataclass(frozen=True)
+class SongNames:
+    """Songs by id: the "{artist} - {song_id}" key and its parts."""
+
+    key: pa.Array
+    artist: pa.Array
+    song_id: pa.Array
+
+
+@dataclass(frozen=True)
+class SiteActivity:
+    """The site-wide time statistics of this call's events (summable across calls on other users)."""
+
+    daily_activity: np.ndarray  # listens per cell (CELLS,)
+    days: np.ndarray  # local days since 1970-01-01 with listens, ascending
+    day_counts: np.ndarray  # listens per such day
+    artists: pa.Array
+    artist_counts: np.ndarray  # listens per artist
+    first_ts: int
+    last_ts: int
 
 
 def rank_users(users: Iterable[tuple[str, int]], n: int) -> list[tuple[str, int]]:
@@ -30,21 +86,110 @@ def rank_users(users: Iterable[tuple[str, int]], n: int) -> list[tuple[str, int]
     return top_ranked(users, n, count=lambda u: u[1], key=lambda u: u[0])
 
 
-class UserStats:
-    """Accumulates per-user listening time and per-(user, artist) play counts over batches.
+def local_fields(local: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For local wall-clock seconds: the day (since 1970-01-01), the (weekday, hour) cell and the
+    month (since January 1970)."""
+    day = local // DAY
+    hour = (local - day * DAY) // 3600
+    cell = ((day + _THURSDAY) % 7) * 24 + hour
+    month = day.astype("datetime64[D]").astype("datetime64[M]").astype(np.int64)
+    return day, cell, month
 
-    Batches wait in ``PendingBatches`` until their user and artist strings can be mapped to ids
-    in bulk; all per-row work is numpy.
-    """
+
+def top_per_group(groups: np.ndarray, items: np.ndarray, counts: np.ndarray, rank: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the best ``k`` items of each group, grouped by group (ascending), best first:
+    most counts, ties by ``rank`` (an item's position in name order) ascending."""
+    if len(groups) == 0:
+        return np.empty(0, dtype=np.int64)
+    score = (counts.astype(np.uint64) << np.uint64(32)) | (np.uint64(0xFFFFFFFF) - rank[items].astype(np.uint64))
+    order = np.lexsort((~score, groups))
+    g = groups[order]
+    starts = np.flatnonzero(np.concatenate(([True], g[1:] != g[:-1])))
+    position = np.arange(len(g)) - np.repeat(starts, np.diff(np.append(starts, len(g))))
+    return order[position < k]
+
+
+def _sum_sorted(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct keys of sorted ``keys`` with their counts summed."""
+    if len(keys) == 0:
+        return keys, counts
+    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+    return keys[starts], np.add.reduceat(counts.astype(np.int64), starts)
+
+
+def _sum_unsorted(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(keys, kind="stable")
+    return _sum_sorted(keys[order], counts[order])
+
+
+def _merge_spellings(
+    users: np.ndarray,
+    songs: np.ndarray,
+    counts: np.ndarray,
+    key_of: np.ndarray,
+    song_artist: np.ndarray,
+    artist_rank: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One entry per (user, song key): the counts of the user's songs that spell the same key
+    summed, under the song with the smallest artist among them. Per user, not over all users: a
+    user's plays are all on one replica, so the answer is the same for any number of replicas."""
+    order = np.lexsort((artist_rank[song_artist[songs]], key_of[songs], users))
+    users, songs, counts = users[order], songs[order], counts[order].astype(np.int64)
+    key = key_of[songs]
+    starts = np.flatnonzero(np.concatenate(([True], (users[1:] != users[:-1]) | (key[1:] != key[:-1]))))
+    return users[starts], songs[starts], np.add.reduceat(counts, starts)
+
+
+class _ListBuilder:
+    """Collects per-user lists range by range (users ascending) into one flat Lists."""
 
     def __init__(self) -> None:
+        self._users: list[np.ndarray] = []
+        self._keys: list[np.ndarray] = []
+        self._counts: list[np.ndarray] = []
+
+    def add(self, users: np.ndarray, keys: np.ndarray, counts: np.ndarray) -> None:
+        self._users.append(users)
+        self._keys.append(keys.astype(np.int64))
+        self._counts.append(counts.astype(np.uint32))
+
+    def build(self, n_users: int) -> Lists:
+        if not self._users:
+            z = np.empty(0, dtype=np.int64)
+            return Lists(np.zeros(n_users, dtype=np.uint32), z, z.astype(np.uint32))
+        users = np.concatenate(self._users)
+        ends = np.cumsum(np.bincount(users, minlength=n_users)).astype(np.uint32)
+        return Lists(ends, np.concatenate(self._keys), np.concatenate(self._counts))
+
+
+class UserStats:
+    """Accumulates, over batches, per-user listening time and play counts per (user, song) and per
+    (user, local hour of the week, local month), and the site-wide activity.
+
+    Batches wait in ``PendingBatches`` until their strings can be mapped to ids in bulk; all per-row
+    work is numpy. Per-(user, artist) counts are not kept: they are the (user, song) counts summed
+    by the song's artist, computed once at the end over the distinct pairs.
+    """
+
+    def __init__(self, timezone: str = "") -> None:
+        self.clock = LocalClock(timezone)
         self._users = StringIds()
         self._artists = StringIds()
+        self._song_ids = StringIds()
+        # (artist id << 32 | song_id id) -> dense song id
+        self._songs = IntIds()
         self._time = np.zeros(0, dtype=np.int64)
         self._plays = np.zeros(0, dtype=np.int64)
-        # (user id << 32 | artist id) -> plays: far smaller than any dataframe of the pairs.
-        self._pairs = KeyCounter()
+        self._artist_plays = np.zeros(0, dtype=np.int64)
+        self._user_songs = KeyCounter()  # user << 32 | song
+        self._when = KeyCounter()  # user << 24 | cell << 16 | biased month
+        self._cells = np.zeros(CELLS, dtype=np.int64)
+        self._day0 = 0  # local day of _day_counts[0]
+        self._day_counts = np.zeros(0, dtype=np.int64)
+        self.first_ts: int | None = None
+        self.last_ts: int | None = None
         self._pending = PendingBatches()
+        self._lists: dict[str, Lists] | None = None
         self.events = 0
 
     @property
@@ -58,16 +203,24 @@ class UserStats:
         return len(self._artists)
 
     @property
-    def nbytes(self) -> int:
-        """Memory the statistics hold: the distinct strings, 16 bytes per user, 12 per distinct
-        (user, artist) pair in the runs, and batches waiting to be mapped."""
-        strings = self._users.values.nbytes + self._artists.values.nbytes
-        return strings + self._time.nbytes + self._plays.nbytes + self._pairs.nbytes + self._pending.nbytes
+    def distinct_songs(self) -> int:
+        self._flush()
+        return len(self._songs)
 
     @property
     def distinct_pairs(self) -> int:
+        """Distinct (user, song) pairs."""
         self._flush()
-        return len(self._pairs)
+        return len(self._user_songs)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the statistics hold: the distinct strings, the per-user and per-day arrays, 12
+        bytes per distinct key in the counters' runs, the song ids, and batches waiting to be mapped."""
+        strings = self._users.values.nbytes + self._artists.values.nbytes + self._song_ids.values.nbytes
+        arrays = self._time.nbytes + self._plays.nbytes + self._artist_plays.nbytes + self._day_counts.nbytes
+        counters = self._user_songs.nbytes + self._when.nbytes + self._songs.nbytes
+        return strings + arrays + counters + self._pending.nbytes
 
     def add_columns(
         self,
@@ -75,13 +228,19 @@ class UserStats:
         user_idx: np.ndarray,
         artist_dict: pa.Array,
         artist_idx: np.ndarray,
+        song_dict: pa.Array,
+        song_idx: np.ndarray,
         duration: np.ndarray,
+        timestamp: np.ndarray,
     ) -> None:
-        """Add a batch given as dictionary-encoded user and artist columns and a duration column."""
+        """Add a batch: dictionary-encoded user, artist and song_id columns, durations (seconds) and
+        timestamps (seconds since 1970 UTC)."""
         if len(user_idx) == 0:
             return
-        self._pending.add((user_dict, user_idx, artist_dict, artist_idx, duration), len(user_idx))
+        item = (user_dict, user_idx, artist_dict, artist_idx, song_dict, song_idx, duration, timestamp)
+        self._pending.add(item, len(user_idx))
         self.events += len(user_idx)
+        self._lists = None
         if self._pending.due(len(self._users)):
             self._flush()
 
@@ -89,75 +248,148 @@ class UserStats:
         items = self._pending.take()
         if not items:
             return
-        user_maps = self._users.map_arrays([u for u, _, _, _, _ in items])
-        artist_maps = self._artists.map_arrays([a for _, _, a, _, _ in items])
-        users = np.concatenate([m[idx] for m, (_, idx, _, _, _) in zip(user_maps, items, strict=True)])
-        artists = np.concatenate([m[idx] for m, (_, _, _, idx, _) in zip(artist_maps, items, strict=True)])
-        duration = np.concatenate([d for _, _, _, _, d in items]).astype(np.int64)
+        user_maps = self._users.map_arrays([it[0] for it in items])
+        artist_maps = self._artists.map_arrays([it[2] for it in items])
+        song_maps = self._song_ids.map_arrays([it[4] for it in items])
+        users = np.concatenate([m[it[1]] for m, it in zip(user_maps, items, strict=True)])
+        artists = np.concatenate([m[it[3]] for m, it in zip(artist_maps, items, strict=True)])
+        song_ids = np.concatenate([m[it[5]] for m, it in zip(song_maps, items, strict=True)])
+        duration = np.concatenate([it[6] for it in items]).astype(np.int64)
+        ts = np.concatenate([it[7] for it in items]).astype(np.int64)
+        del items, user_maps, artist_maps, song_maps
+
         n = len(self._users)
         if n > len(self._time):
-            self._time = np.concatenate([self._time, np.zeros(n - len(self._time), dtype=np.int64)])
-            self._plays = np.concatenate([self._plays, np.zeros(n - len(self._plays), dtype=np.int64)])
+            grow = n - len(self._time)
+            self._time = np.concatenate([self._time, np.zeros(grow, dtype=np.int64)])
+            self._plays = np.concatenate([self._plays, np.zeros(grow, dtype=np.int64)])
         # bincount sums in float64: exact only below 2^53, so add the 16-bit halves separately.
         low = np.bincount(users, weights=duration & 0xFFFF, minlength=n).astype(np.int64)
         high = np.bincount(users, weights=duration >> 16, minlength=n).astype(np.int64)
         self._time += low + (high << 16)
         self._plays += np.bincount(users, minlength=n)
-        self._pairs.add((users << _ARTIST_BITS) | artists)
+        per_artist = np.bincount(artists, minlength=len(self._artists))
+        if len(per_artist) > len(self._artist_plays):
+            self._artist_plays = np.concatenate(
+                [self._artist_plays, np.zeros(len(per_artist) - len(self._artist_plays), dtype=np.int64)]
+            )
+        self._artist_plays += per_artist
 
-    def add_events(self, events: Iterable[tuple[str, str, int]]) -> None:
-        """Add plain (user_id, artist, duration) records."""
-        users, artists, durations = [], [], []
-        for user, artist, duration in events:
-            users.append(user)
-            artists.append(artist)
-            durations.append(duration)
-        if not users:
-            return
-        u = pc.dictionary_encode(pa.array(users, type=pa.string()))
-        a = pc.dictionary_encode(pa.array(artists, type=pa.string()))
-        self.add_columns(
-            u.dictionary,
-            u.indices.to_numpy(),
-            a.dictionary,
-            a.indices.to_numpy(),
-            np.asarray(durations, dtype=np.uint32),
-        )
+        songs = self._songs.map((artists << _ITEM_BITS) | song_ids)
+        self._user_songs.add((users << _ITEM_BITS) | songs)
+        del songs, artists, song_ids
 
-    def top_artist_ids(self) -> np.ndarray:
-        """For each user id, the artist id with the most plays; ties by artist name ascending."""
+        lo, hi = int(ts.min()), int(ts.max())
+        self.first_ts = lo if self.first_ts is None else min(self.first_ts, lo)
+        self.last_ts = hi if self.last_ts is None else max(self.last_ts, hi)
+        day, cell, month = local_fields(self.clock.local(ts))
+        del ts
+        self._when.add((users << _WHEN_BITS) | (cell << _MONTH_BITS) | (month + _MONTH_BIAS))
+        self._cells += np.bincount(cell, minlength=CELLS)
+        self._add_days(day)
+
+    def _add_days(self, day: np.ndarray) -> None:
+        lo, hi = int(day.min()), int(day.max())
+        if not len(self._day_counts):
+            self._day0 = lo
+        new0 = min(self._day0, lo)
+        size = max(self._day0 + len(self._day_counts), hi + 1) - new0
+        if new0 != self._day0 or size != len(self._day_counts):
+            grown = np.zeros(size, dtype=np.int64)
+            grown[self._day0 - new0 : self._day0 - new0 + len(self._day_counts)] = self._day_counts
+            self._day_counts, self._day0 = grown, new0
+        self._day_counts += np.bincount(day - new0, minlength=size)
+
+    def _song_names(self) -> tuple[SongNames, np.ndarray, np.ndarray]:
+        """Names of every song; each song's key id (two (artist, song_id) pairs may spell one key);
+        and each song's rank in key order."""
+        pairs = self._songs.keys
+        artist = pc.take(self._artists.values, pa.array(pairs >> _ITEM_BITS))
+        song_id = pc.take(self._song_ids.values, pa.array(pairs & ((1 << _ITEM_BITS) - 1)))
+        key = pc.binary_join_element_wise(artist, song_id, " - ")
+        encoded = pc.dictionary_encode(key)
+        # Each song's key id: songs of two (artist, song_id) pairs that spell one key share it.
+        canonical = encoded.indices.to_numpy().astype(np.int64)
+        rank = np.empty(len(key), dtype=np.int64)
+        rank[pc.sort_indices(key).to_numpy()] = np.arange(len(key))
+        return SongNames(key, artist, song_id), canonical, rank
+
+    def _build_lists(self) -> dict[str, Lists]:
+        if self._lists is not None:
+            return self._lists
         self._flush()
-        n_users = len(self._users)
-        by_name = pc.sort_indices(self._artists.values).to_numpy()  # artist ids in name order
-        n_artists = len(by_name)
-        rank = np.empty(n_artists, dtype=np.int64)
-        rank[by_name] = np.arange(n_artists)
-        low = (1 << _ARTIST_BITS) - 1
-        top = np.full(n_users, -1, dtype=np.int64)
-        # Range by range of users (each user's pairs are contiguous and never split): the
-        # temporaries stay a slice of the state, whatever the number of pairs.
-        for keys, counts in self._pairs.merged(align_bits=_ARTIST_BITS):
-            users = keys >> _ARTIST_BITS
-            # One score orders (plays desc, name asc): the max per user is the answer.
-            score = (counts.astype(np.int64) << _ARTIST_BITS) | (n_artists - 1 - rank[keys & low])
-            starts = np.flatnonzero(np.concatenate(([True], users[1:] != users[:-1])))
-            best = np.maximum.reduceat(score, starts)
-            top[users[starts]] = by_name[n_artists - 1 - (best & low)]
-        return top
+        n = len(self._users)
+        names, canonical, song_rank = self._song_names()
+        collisions = len(canonical) > 0 and int(canonical.max()) + 1 < len(canonical)
+        song_artist = self._songs.keys >> _ITEM_BITS
+        artist_rank = np.empty(len(self._artists), dtype=np.int64)
+        artist_rank[pc.sort_indices(self._artists.values).to_numpy()] = np.arange(len(self._artists))
+        low = (1 << _ITEM_BITS) - 1
+        top_songs, top_artists = _ListBuilder(), _ListBuilder()
+        for keys, counts in self._user_songs.merged(align_bits=_ITEM_BITS):
+            users, songs = keys >> _ITEM_BITS, keys & low
+            # Artists from the songs as they were played, before songs spelling one key are merged.
+            by_artist, artist_counts = _sum_unsorted((users << _ITEM_BITS) | song_artist[songs], counts)
+            a_users, a_ids = by_artist >> _ITEM_BITS, by_artist & low
+            best = top_per_group(a_users, a_ids, artist_counts, artist_rank, TOP_PER_USER)
+            top_artists.add(a_users[best], a_ids[best], artist_counts[best])
+            if collisions:
+                users, songs, counts = _merge_spellings(users, songs, counts, canonical, song_artist, artist_rank)
+            best = top_per_group(users, songs, counts, song_rank, TOP_PER_USER)
+            top_songs.add(users[best], songs[best], counts[best])
+        cells, months = _ListBuilder(), _ListBuilder()
+        for keys, counts in self._when.merged(align_bits=_WHEN_BITS):
+            users = keys >> _WHEN_BITS
+            # Keys are sorted by (user, cell, month): (user, cell) runs are contiguous.
+            by_cell, cell_counts = _sum_sorted(keys >> _MONTH_BITS, counts)
+            cells.add(by_cell >> 8, by_cell & 0xFF, cell_counts)
+            month = keys & ((1 << _MONTH_BITS) - 1)
+            by_month, month_counts = _sum_unsorted((users << _MONTH_BITS) | month, counts)
+            months.add(by_month >> _MONTH_BITS, (by_month & ((1 << _MONTH_BITS) - 1)) - _MONTH_BIAS, month_counts)
+        self._lists = {
+            "top_songs": top_songs.build(n),
+            "top_artists": top_artists.build(n),
+            "daily_activity": cells.build(n),
+            "monthly_activity": months.build(n),
+        }
+        self._names = names
+        return self._lists
 
     def summaries(self, chunk: int = 50_000) -> Iterator[UserColumns]:
-        """Every user's summary in first-seen order, ``chunk`` users at a time, as columns."""
-        top = self.top_artist_ids()
-        artists = self._artists.values
+        """Every user's summary and statistics in user_id order, ``chunk`` users at a time."""
+        lists = self._build_lists()
+        top = lists["top_artists"]
+        first = np.concatenate(([0], top.ends[:-1].astype(np.int64)))
+        top_artist_id = top.keys[first] if len(top.keys) else np.empty(0, dtype=np.int64)
         users = self._users.values
+        by_name = pc.sort_indices(users).to_numpy()
         for start in range(0, len(users), chunk):
-            stop = min(start + chunk, len(users))
+            ids = by_name[start : start + chunk]
             yield UserColumns(
-                user_ids=users.slice(start, stop - start).to_pylist(),
-                total_time=self._time[start:stop].tolist(),
-                top_artist=pc.take(artists, pa.array(top[start:stop])).to_pylist(),
-                plays=self._plays[start:stop].tolist(),
+                user_ids=pc.take(users, pa.array(ids)).to_pylist(),
+                total_time=self._time[ids].tolist(),
+                top_artist=pc.take(self._artists.values, pa.array(top_artist_id[ids])).to_pylist(),
+                plays=self._plays[ids].tolist(),
+                top_artists=top.take(ids),
+                top_songs=lists["top_songs"].take(ids),
+                daily_activity=lists["daily_activity"].take(ids),
+                monthly_activity=lists["monthly_activity"].take(ids),
+                artists=self._artists.values,
+                songs=self._names,
             )
+
+    def site_activity(self) -> SiteActivity:
+        self._flush()
+        days = np.flatnonzero(self._day_counts)
+        return SiteActivity(
+            daily_activity=self._cells.copy(),
+            days=days + self._day0,
+            day_counts=self._day_counts[days],
+            artists=self._artists.values,
+            artist_counts=self._artist_plays[: len(self._artists)],
+            first_ts=self.first_ts or 0,
+            last_ts=self.last_ts or 0,
+        )
 
     def top_users(self, n: int = TOP_USERS) -> list[tuple[str, int]]:
         """The ``n`` users with the highest total time, ties by user_id ascending."""
@@ -172,4 +404,4 @@ class UserStats:
         return rank_users(((name, int(times[i])) for name, i in zip(names, candidates, strict=True)), n)
 
 
-__all__ = ["UserColumns", "UserStats", "rank_users"]
+__all__ = ["CELLS", "Lists", "SiteActivity", "SongNames", "UserColumns", "UserStats", "local_fields", "rank_users"]

@@ -6,15 +6,28 @@ import time
 from collections.abc import Iterator
 
 import grpc
+import numpy as np
 
 from music_analytics.api import userbehavior_pb2, userbehavior_pb2_grpc
+from music_analytics.services.common.clock import LocalClock, UnknownTimeZoneError
 from music_analytics.services.common.config import CallLimits
 from music_analytics.services.common.contract import TOP_USERS, USERBEHAVIOR, USERS_PER_MESSAGE
-from music_analytics.services.common.events import ARTIST, DURATION, USER, EventColumns
-from music_analytics.services.common.ingest import ingest, returning_memory
+from music_analytics.services.common.events import (
+    ARTIST,
+    DURATION,
+    SONG,
+    TIMESTAMP,
+    USER,
+    EventColumns,
+    dictionary_column_message,
+    string_array_message,
+)
+from music_analytics.services.common.ingest import ingest, refuse, returning_memory
 from music_analytics.services.common.metrics import ServiceMetrics
 from music_analytics.services.common.server import ServiceSpec
-from music_analytics.services.userbehavior.analytics import UserStats
+from music_analytics.services.userbehavior.analytics import Lists, SiteActivity, UserColumns, UserStats
+
+NEEDED = (USER, SONG, ARTIST, DURATION, TIMESTAMP)
 
 
 class UserBehaviorServicer(userbehavior_pb2_grpc.UserBehaviorServiceServicer):
@@ -29,37 +42,85 @@ class UserBehaviorServicer(userbehavior_pb2_grpc.UserBehaviorServiceServicer):
             service = self.m.service
             stats = UserStats()
 
-            def add(batch: EventColumns) -> None:
-                user, artist = batch.columns[USER], batch.columns[ARTIST]
-                stats.add_columns(user.dictionary, user.indices, artist.dictionary, artist.indices, batch.duration)
+            def settings(request: userbehavior_pb2.AnalyzeUsersRequest) -> None:
+                try:
+                    stats.clock = LocalClock(request.timezone)
+                except UnknownTimeZoneError as exc:
+                    refuse(context, self.m, "unknown_timezone", f"timezone: {exc}")
 
-            top_n = ingest(
-                request_iterator, context, self.m, (USER, ARTIST, DURATION), add, TOP_USERS, stats, self.limits
-            )
+            def add(batch: EventColumns) -> None:
+                c = batch.columns
+                stats.add_columns(
+                    c[USER].dictionary, c[USER].indices,
+                    c[ARTIST].dictionary, c[ARTIST].indices,
+                    c[SONG].dictionary, c[SONG].indices,
+                    batch.duration, batch.timestamp,
+                )  # fmt: skip
+
+            top_n = ingest(request_iterator, context, self.m, NEEDED, add, TOP_USERS, stats, self.limits, settings)
             start = time.perf_counter()
             counts = {"events_processed": stats.events, "distinct_users": stats.distinct_users}
             for chunk in stats.summaries(USERS_PER_MESSAGE):
-                yield userbehavior_pb2.AnalyzeUsersResponse(
-                    users=userbehavior_pb2.UserSummaries(
-                        user_ids=chunk.user_ids,
-                        total_time=chunk.total_time,
-                        top_artist=chunk.top_artist,
-                        plays=chunk.plays,
-                    ),
-                    **counts,
-                )
+                yield userbehavior_pb2.AnalyzeUsersResponse(users=summaries_message(chunk), **counts)
             top = stats.top_users(top_n)
+            activity = site_activity_message(stats.site_activity())
             self.m.aggregation.labels(service).observe(time.perf_counter() - start)
             for kind, value in (
                 ("users", stats.distinct_users),
                 ("artists", stats.distinct_artists),
-                ("user_artist_pairs", stats.distinct_pairs),
+                ("songs", stats.distinct_songs),
+                ("user_song_pairs", stats.distinct_pairs),
             ):
                 self.m.distinct_keys.labels(service, kind).set(value)
             yield userbehavior_pb2.AnalyzeUsersResponse(
                 top_users=userbehavior_pb2.UserTotals(user_ids=[u for u, _ in top], total_time=[t for _, t in top]),
+                activity=activity,
                 **counts,
             )
+
+
+def _keyed_counts(lists: Lists) -> userbehavior_pb2.KeyedCounts:
+    return userbehavior_pb2.KeyedCounts(
+        ends=lists.ends.astype("<u4").tobytes(),
+        keys=lists.keys.astype("<i4").tobytes(),
+        counts=lists.counts.astype("<u4").tobytes(),
+    )
+
+
+def summaries_message(chunk: UserColumns) -> userbehavior_pb2.UserSummaries:
+    artists, songs = chunk.top_artists, chunk.top_songs
+    return userbehavior_pb2.UserSummaries(
+        user_ids=chunk.user_ids,
+        total_time=chunk.total_time,
+        top_artist=chunk.top_artist,
+        plays=chunk.plays,
+        top_artists=userbehavior_pb2.RankedLists(
+            ends=artists.ends.astype("<u4").tobytes(),
+            names=dictionary_column_message(chunk.artists, artists.keys),
+            counts=artists.counts.astype("<u4").tobytes(),
+        ),
+        top_songs=userbehavior_pb2.RankedLists(
+            ends=songs.ends.astype("<u4").tobytes(),
+            names=dictionary_column_message(chunk.songs.key, songs.keys),
+            counts=songs.counts.astype("<u4").tobytes(),
+            artists=dictionary_column_message(chunk.songs.artist, songs.keys),
+            song_ids=dictionary_column_message(chunk.songs.song_id, songs.keys),
+        ),
+        daily_activity=_keyed_counts(chunk.daily_activity),
+        monthly_activity=_keyed_counts(chunk.monthly_activity),
+    )
+
+
+def site_activity_message(site: SiteActivity) -> userbehavior_pb2.SiteActivity:
+    return userbehavior_pb2.SiteActivity(
+        daily_activity=site.daily_activity.astype("<u8").tobytes(),
+        days=site.days.astype("<i4").tobytes(),
+        day_counts=site.day_counts.astype("<u8").tobytes(),
+        artists=string_array_message(site.artists),
+        artist_counts=np.asarray(site.artist_counts).astype("<u8").tobytes(),
+        first_ts=site.first_ts,
+        last_ts=site.last_ts,
+    )
 
 
 SPEC = ServiceSpec(

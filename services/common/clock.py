@@ -1,0 +1,126 @@
+"""Local time for many instants at once: a time zone's UTC offsets as a table, looked up with numpy.
+
+Python's zoneinfo answers one instant at a time (about a microsecond each): ten million events
+would cost seconds. A zone's offset changes only at its transitions, a few per year, so the
+transitions inside the range of the data are found once (zoneinfo sampled every few hours, then
+bisected to the second) and every instant is mapped with one ``searchsorted``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+
+import numpy as np
+
+UTC_NAME = "UTC"
+# Sampling step when looking for transitions: no zone has had two transitions this close.
+_STEP = 6 * 3600
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+class UnknownTimeZoneError(ValueError):
+    """The name is not an IANA time zone."""
+
+
+def load_zone(name: str) -> dt.tzinfo:
+    """The zone called ``name`` ("" or "UTC": UTC); raises UnknownTimeZoneError naming it."""
+    if not name or name == UTC_NAME:
+        return dt.UTC
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        raise UnknownTimeZoneError(
+            f"unknown time zone {name!r}; expected an IANA name such as Europe/Berlin or America/New_York"
+        ) from None
+
+
+def _offset(zone: dt.tzinfo, ts: int) -> int:
+    when = _EPOCH + dt.timedelta(seconds=ts)
+    return int(when.astimezone(zone).utcoffset().total_seconds())
+
+
+class LocalClock:
+    """Maps UTC epoch seconds to local "wall clock" epoch seconds in one zone (local = UTC + offset).
+
+    Call ``cover`` with the range of instants before ``local``; the table grows as new ranges come.
+    """
+
+    def __init__(self, name: str = UTC_NAME) -> None:
+        self.name = name or UTC_NAME
+        self._zone = load_zone(self.name)
+        self._fixed = self._zone is dt.UTC
+        self._lo: int | None = None
+        self._hi: int | None = None
+        # offsets[i] applies from starts[i] (inclusive) to starts[i + 1]; starts[0] is the range's start.
+        self._starts = np.zeros(1, dtype=np.int64)
+        self._offsets = np.zeros(1, dtype=np.int64)
+
+    def cover(self, lo: int, hi: int) -> None:
+        """Make sure the table is exact for every instant in [lo, hi]."""
+        if self._fixed:
+            return
+        if self._lo is not None and lo >= self._lo and hi <= self._hi:
+            return
+        lo = lo if self._lo is None else min(lo, self._lo)
+        hi = hi if self._hi is None else max(hi, self._hi)
+        # Widened to whole days, so small growths of the range do not rebuild the table each time.
+        lo, hi = (lo // 86400 - 1) * 86400, (hi // 86400 + 2) * 86400
+        starts, offsets = [lo], [_offset(self._zone, lo)]
+        t = lo
+        while t < hi:
+            nxt = min(t + _STEP, hi)
+            after = _offset(self._zone, nxt)
+            if after != offsets[-1]:
+                # The change happens in (t, nxt]: bisect to the first second with the new offset.
+                a, b = t, nxt
+                while b - a > 1:
+                    mid = (a + b) // 2
+                    if _offset(self._zone, mid) == offsets[-1]:
+                        a = mid
+                    else:
+                        b = mid
+                starts.append(b)
+                offsets.append(after)
+            t = nxt
+        self._lo, self._hi = lo, hi
+        self._starts = np.asarray(starts, dtype=np.int64)
+        self._offsets = np.asarray(offsets, dtype=np.int64)
+
+    def offsets(self, ts: np.ndarray) -> np.ndarray:
+        """The UTC offset in seconds at each instant (which must lie in a covered range)."""
+        if self._fixed or len(self._offsets) == 1:
+            return np.full(len(ts), self._offsets[0] if not self._fixed else 0, dtype=np.int64)
+        return self._offsets[np.searchsorted(self._starts, ts, side="right") - 1]
+
+    def local(self, ts: np.ndarray) -> np.ndarray:
+        """Local wall-clock time of each instant, as seconds since 1970-01-01T00:00 local."""
+        ts = np.asarray(ts, dtype=np.int64)
+        if self._fixed:
+            return ts
+        if len(ts):
+            self.cover(int(ts.min()), int(ts.max()))
+        return ts + self.offsets(ts)
+
+    def first_instant(self, local_midnight: int) -> int:
+        """The first UTC instant whose local time is at or after ``local_midnight`` (local seconds):
+        where a local period starts. Exact across DST changes, also where midnight itself is skipped."""
+        if self._fixed:
+            return local_midnight
+        self.cover(local_midnight - 2 * 86400, local_midnight + 2 * 86400)
+        # Offsets never exceed a day: the instant lies within a day of the naive guess.
+        candidates = np.arange(local_midnight - 86400 - 3600, local_midnight + 86400 + 3600, 900, dtype=np.int64)
+        local = candidates + self.offsets(candidates)
+        # local time is monotone except at backward changes (repeated hours): the first crossing wins.
+        i = int(np.argmax(local >= local_midnight))
+        a, b = int(candidates[max(i - 1, 0)]), int(candidates[i])
+        while b - a > 1:
+            mid = (a + b) // 2
+            if mid + int(self.offsets(np.array([mid]))[0]) >= local_midnight:
+                b = mid
+            else:
+                a = mid
+        return b
+
+
+__all__ = ["LocalClock", "UnknownTimeZoneError", "load_zone"]
