@@ -27,8 +27,38 @@ def _add_run_arguments(p: argparse.ArgumentParser, data_required: bool) -> None:
         help="CSV with header user_id,song_id,artist,duration,timestamp",
     )
     p.add_argument("--out", default=DEFAULT_RESULTS, help=f"results JSON path (default {DEFAULT_RESULTS})")
+    p.add_argument(
+        "--user-stats",
+        metavar="PATH",
+        help="per-user statistics as JSON Lines (default: --out with .json replaced by .users.jsonl)",
+    )
+    p.add_argument(
+        "--timezone",
+        default="UTC",
+        metavar="AREA/CITY",
+        help="IANA time zone the time statistics (hour, weekday, day, month, year) are computed in (default UTC)",
+    )
     p.add_argument("--strict", action="store_true", help="stop at the first bad row (exit 3) instead of skipping it")
     p.add_argument("--quiet", action="store_true", help="print no summary")
+
+
+def user_stats_path(out: str, user_stats: str | None) -> Path:
+    """Where the per-user JSON Lines go: as asked, else beside the results JSON."""
+    if user_stats:
+        return Path(user_stats)
+    path = Path(out)
+    return path.with_name(path.name.removesuffix(".json") + ".users.jsonl")
+
+
+def _check_timezone(name: str) -> str | None:
+    """Why ``name`` is not a usable time zone, or None."""
+    from music_analytics.services.common.clock import UnknownTimeZoneError, load_zone
+
+    try:
+        load_zone(name)
+    except UnknownTimeZoneError as exc:
+        return f"--timezone: {exc}"
+    return None
 
 
 def _positive_int(text: str) -> int:
@@ -158,6 +188,10 @@ def _run(args: argparse.Namespace) -> int:
     from music_analytics.services.common import logging as json_logging
 
     json_logging.configure("client", os.environ.get("MUSIC_ANALYTICS_LOG_LEVEL", "warning"))
+    problem = _check_timezone(args.timezone)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_INPUT
     try:
         tls = load_client_tls(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
     except TlsSettingError as exc:
@@ -173,6 +207,8 @@ def _run(args: argparse.Namespace) -> int:
         expected_replicas=args.expect_replicas,
         progress=_progress_printer(),
         tls=tls,
+        timezone=args.timezone,
+        user_stats=user_stats_path(args.out, args.user_stats),
     )
     try:
         result = run_pipeline(config)
@@ -188,6 +224,9 @@ def _run(args: argparse.Namespace) -> int:
     except ServiceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_SERVICE
+    except OSError as exc:
+        print(f"error: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_INPUT
     document = to_json(result)
     out = Path(args.out)
     try:
@@ -248,6 +287,9 @@ def _summary(document: dict) -> dict:
         # How the run went in the cluster: replicas used, lost shards rebuilt elsewhere.
         "replicas": document["replicas"],
         "replica_recoveries": document["replica_recoveries"],
+        # Site-wide only: the per-user statistics are a file on the results volume.
+        "listening_stats": document["listening_stats"],
+        "user_stats": document["user_stats"],
     }
 
 
@@ -259,6 +301,10 @@ def _demo(args: argparse.Namespace) -> int:
         read_header(Path(args.data))
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    problem = _check_timezone(args.timezone)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return EXIT_INPUT
     with tempfile.TemporaryDirectory(prefix="music-analytics-demo-") as logs:
         print(f"Starting services ({args.replicas} replica(s) of each streaming service)...", file=sys.stderr)
@@ -280,6 +326,10 @@ def _demo(args: argparse.Namespace) -> int:
                 args.data,
                 "--out",
                 args.out,
+                "--timezone",
+                args.timezone,
+                "--user-stats",
+                str(user_stats_path(args.out, args.user_stats)),
                 "--mapreduce",
                 services.target("mapreduce"),
                 "--userbehavior",

@@ -53,7 +53,7 @@ def _compact(dictionary: pa.Array, idx: np.ndarray) -> tuple[pa.Array, np.ndarra
     return dictionary.filter(pa.array(used)), renumbered[idx]
 
 
-ALL_COLUMNS = (*STRING_COLUMNS, "duration")
+ALL_COLUMNS = (*STRING_COLUMNS, "duration", "timestamp")
 
 
 def encode_batch(table: pa.Table, columns: tuple[str, ...] = ALL_COLUMNS) -> bytes:
@@ -67,6 +67,8 @@ def encode_batch(table: pa.Table, columns: tuple[str, ...] = ALL_COLUMNS) -> byt
     for name in columns:
         if name == "duration":
             batch.duration = table["duration"].combine_chunks().to_numpy().astype("<u4", copy=False).tobytes()
+        elif name == "timestamp":
+            batch.timestamp = table["timestamp"].combine_chunks().to_numpy().astype("<i8", copy=False).tobytes()
         else:
             getattr(batch, name).CopyFrom(_dictionary_column(table[name]))
     return userbehavior_pb2.AnalyzeUsersRequest(events=events_pb2.EventChunk(batch=batch)).SerializeToString()

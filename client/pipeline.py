@@ -7,18 +7,21 @@ in recommend.py.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
 from music_analytics.api import mapreduce_pb2, recommendation_pb2, userbehavior_pb2
 from music_analytics.client.csv_source import REJECT_REASONS, Chunk, Rejection, read_events, read_header
 from music_analytics.client.encoding import batches
+from music_analytics.client.listening import site_stats, write_user_stats
 from music_analytics.client.merge import UserResult, merge_songs, merge_users
 from music_analytics.client.recommend import recommend
 from music_analytics.client.replicas import Endpoint, Replicas, ServiceError, ServiceInfo
@@ -31,7 +34,7 @@ __all__ = ["PipelineConfig", "PipelineResult", "ServiceError", "UserResult", "ru
 
 
 MAPREDUCE = ServiceInfo.of(contract.MAPREDUCE, ("song_id", "artist"))
-USERBEHAVIOR = ServiceInfo.of(contract.USERBEHAVIOR, ("user_id", "artist", "duration"))
+USERBEHAVIOR = ServiceInfo.of(contract.USERBEHAVIOR, ("user_id", "song_id", "artist", "duration", "timestamp"))
 RECOMMENDATION = ServiceInfo.of(contract.RECOMMENDATION)
 
 
@@ -49,6 +52,9 @@ class PipelineResult:
     timings: dict[str, float]
     replicas: dict[str, int]
     recoveries: dict[str, int] = field(default_factory=dict)
+    listening_stats: dict[str, Any] = field(default_factory=dict)
+    user_stats_path: Path | None = None
+    user_stats_users: int = 0
 
 
 @dataclass
@@ -64,6 +70,8 @@ class PipelineConfig:
     expected_replicas: dict[str, int] = field(default_factory=dict)
     progress: Callable[[int, int], None] | None = None
     tls: ClientTls | None = None  # None: plaintext
+    timezone: str = "UTC"  # IANA name the time statistics are computed in
+    user_stats: Path | None = None  # where the per-user JSON Lines go (None: not written)
 
 
 def run_pipeline(config: PipelineConfig) -> PipelineResult:
@@ -75,7 +83,8 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
     total_bytes = path.stat().st_size
 
     def replay(upto: int | None) -> Iterator[Chunk]:
-        return read_events(path, stop_offset=upto)
+        # The first ``upto`` chunks of the input: reading is deterministic, so the same rows.
+        return itertools.islice(read_events(path), upto)
 
     # Bad syntax fails now (exit 2); names that do not resolve yet are waited for in connect.
     targets = {
@@ -101,6 +110,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         False,
         replay,
         config.wait_ready,
+        userbehavior_pb2.AnalyzeUsersRequest(timezone=config.timezone).SerializeToString(),
     )
     recommendation = Replicas(RECOMMENDATION, targets[RECOMMENDATION], config.tls)
     streams = (mapreduce, userbehavior)
@@ -111,7 +121,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         by_reason: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
         events = 0
         offset = 0
-        for chunk in read_ahead(read_events(path, strict=config.strict)):
+        for chunks_read, chunk in enumerate(read_ahead(read_events(path, strict=config.strict)), 1):
             for r in chunk.rejected:
                 by_reason[r.reason] = by_reason.get(r.reason, 0) + 1
             rejected.extend(chunk.rejected[: max(0, 20 - len(rejected))])
@@ -123,7 +133,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
             offset = chunk.end_offset
             for stream in streams:
                 if lost[stream]:
-                    stream.recover(lost[stream], offset)
+                    stream.recover(lost[stream], chunks_read)
             if config.progress:
                 config.progress(offset, total_bytes)
         ingest_done = time.perf_counter()
@@ -138,7 +148,18 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         ub_done = time.perf_counter()
         top_songs, distinct_songs, mr_events = merge_songs(mr_answers)
         users, top_users, ub_events = merge_users(ub_answers)
-        del ub_answers  # the messages' copy of every user
+        listening_stats = site_stats(
+            (a.activity for a in ub_answers if a.WhichOneof("payload") == "top_users"), config.timezone
+        )
+        del ub_answers
+        user_stats_users = 0
+        if config.user_stats is not None:
+            shards = [
+                [r.users for r in call.responses if r.WhichOneof("payload") == "users"] for call in userbehavior.calls
+            ]
+            user_stats_users = write_user_stats(shards, config.timezone, config.user_stats)
+            del shards
+        user_stats_done = time.perf_counter()
         for name, counted in (("mapreduce", mr_events), ("userbehavior", ub_events)):
             if counted != events:
                 raise ServiceError(f"{name} counted {counted} events but the client sent {events}")
@@ -165,11 +186,15 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
             "ingest_time": ingest_done - started,
             "mapreduce_time": mr_done - started,
             "userbehavior_time": ub_done - started,
+            "user_stats_time": user_stats_done - ub_done,
             "recommendation_time": done - rec_start,
             "total_workflow_time": done - started,
         },
         replicas={s.service.name: s.shards for s in streams} | {"recommendation": recommendation_replicas},
         recoveries={s.service.name: s.recoveries for s in streams},
+        listening_stats=listening_stats,
+        user_stats_path=config.user_stats,
+        user_stats_users=user_stats_users,
     )
 
 

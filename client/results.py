@@ -45,6 +45,11 @@ def to_json(result: PipelineResult) -> dict[str, Any]:
         ],
         "replicas": result.replicas,
         "replica_recoveries": result.recoveries,
+        "listening_stats": result.listening_stats,
+        "user_stats": {
+            "path": str(result.user_stats_path) if result.user_stats_path else None,
+            "users": result.user_stats_users,
+        },
     }
 
 
@@ -96,6 +101,17 @@ def print_summary(document: dict[str, Any], out: TextIO, data: str, results_path
     for user in users[:SAMPLE_RECOMMENDATIONS]:
         songs = recs.get(user.user_id, [])
         w(f"  {user.user_id} (top artist {user.top_artist}): {', '.join(songs) or '-'}\n")
+    stats = document.get("listening_stats") or {}
+    if stats.get("daily_activity"):
+        busiest = max(stats["daily_activity"], key=lambda c: c["listen_count"])
+        w(f"\nListening ({stats['timezone']})\n")
+        w(f"  busiest hour: {busiest['day']} {busiest['hour']:02d}:00 ({busiest['listen_count']:,} listens)\n")
+        years = stats["listening_activity"]["year"]
+        w("  by year: " + ", ".join(f"{y['time_range']} {y['listen_count']:,}" for y in years) + "\n")
+        top = ", ".join(f"{a['artist']} ({a['listen_count']:,})" for a in stats["top_artists"][:5])
+        w(f"  top artists: {top}\n")
+    if document.get("user_stats", {}).get("path"):
+        w(f"  per-user statistics: {document['user_stats']['path']}\n")
     w("\nTimings (s)\n")
     for key in ("mapreduce_time", "userbehavior_time", "recommendation_time", "total_workflow_time"):
         w(f"  {key:<22}{perf[key]:>10.3f}\n")

@@ -37,8 +37,13 @@ log = logging.getLogger(__name__)
 class StreamCall:
     """One streaming call fed from a bounded queue (backpressure), answered in a thread."""
 
-    def __init__(self, endpoint: Endpoint, deserializer: Callable[[bytes], Any], unary_response: bool) -> None:
+    def __init__(
+        self, endpoint: Endpoint, deserializer: Callable[[bytes], Any], unary_response: bool, settings: bytes = b""
+    ) -> None:
         self.endpoint = endpoint
+        # The call's settings (a request with no events), merged into its first message: protobuf
+        # reads concatenated messages as one, and a message without events would be refused.
+        self._settings = settings
         self._queue: queue.Queue = queue.Queue(maxsize=4)
         self.responses: list[Any] = []
         self.error: grpc.RpcError | Exception | None = None
@@ -73,6 +78,8 @@ class StreamCall:
 
     def send(self, payload: bytes | None) -> bool:
         """Queue ``payload`` (None half-closes); False if the call has ended (failed)."""
+        if payload is not None and self._settings:
+            payload, self._settings = self._settings + payload, b""
         while not self._done.is_set():
             try:
                 self._queue.put(payload, timeout=0.2)
@@ -100,6 +107,7 @@ class ShardedStream:
         unary_response: bool,
         replay: Callable[[int | None], Iterator[Chunk]],
         recovery_wait: float,
+        settings: bytes = b"",
     ) -> None:
         self.replicas = replicas
         self.service = replicas.service
@@ -108,6 +116,7 @@ class ShardedStream:
         self._unary = unary_response
         self._replay = replay
         self._recovery_wait = recovery_wait
+        self._settings = settings
         self.calls: list[StreamCall] = []
         self.recoveries = 0
 
@@ -120,7 +129,7 @@ class ShardedStream:
         self.calls = [self._open(e) for e in self.replicas.wait(deadline, expected)]
 
     def _open(self, endpoint: Endpoint) -> StreamCall:
-        return StreamCall(endpoint, self._deserializer, self._unary)
+        return StreamCall(endpoint, self._deserializer, self._unary, self._settings)
 
     def _split(self, table: pa.Table) -> list[pa.Table]:
         """The rows of ``table`` that belong to each shard."""

@@ -1,0 +1,371 @@
+"""The time statistics as the results show them: UserBehavior's columnar answers turned into
+ListenBrainz-style JSON (site-wide, in the results JSON) and JSON Lines (one line per user).
+
+Per-user lines are built with Arrow string kernels, a message of users at a time: a JSON line per
+user holds about a hundred small objects, and building them as Python dicts for 200k users would
+cost more than the whole analysis.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from music_analytics.api import events_pb2, userbehavior_pb2
+from music_analytics.services.common.clock import LocalClock
+from music_analytics.services.common.contract import TOP_ARTISTS, top_ranked
+
+__all__ = ["DAY_NAMES", "Periods", "site_stats", "write_user_stats"]
+
+DAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+_DAY = 86400
+_NEEDS_ESCAPE = r'["\\\x00-\x1f\x7f]'
+
+
+def _strings(message: events_pb2.StringArray) -> pa.Array:
+    count = len(message.offsets) // 4 - 1
+    return pa.Array.from_buffers(pa.string(), count, [None, pa.py_buffer(message.offsets), pa.py_buffer(message.data)])
+
+
+def _column(column: events_pb2.DictionaryColumn) -> tuple[pa.Array, np.ndarray]:
+    return _strings(column.dictionary), np.frombuffer(column.indices, dtype="<u4")
+
+
+def json_strings(values: pa.Array) -> pa.Array:
+    """Each string as a JSON string literal. Only strings holding a quote, a backslash or a
+    control character go through the encoder; the rest are quoted as they are."""
+    values = values.cast(pa.string())
+    quoted = pc.binary_join_element_wise('"', values, '"', "")
+    special = pc.match_substring_regex(values, _NEEDS_ESCAPE).to_numpy(zero_copy_only=False)
+    if not special.any():
+        return quoted
+    escaped = [orjson.dumps(s).decode() for s in values.filter(pa.array(special)).to_pylist()]
+    return pc.replace_with_mask(quoted, pa.array(special), pa.array(escaped, pa.string()))
+
+
+def _numbers(values: np.ndarray) -> pa.Array:
+    return pc.cast(pa.array(values), pa.string())
+
+
+def _group_concat(entries: pa.Array, ends: np.ndarray) -> pa.Array:
+    """Per group, its entries joined with ",": group i holds entries ends[i-1]:ends[i]."""
+    n = len(entries)
+    last = np.zeros(n, dtype=bool)
+    ends = ends.astype(np.int64)
+    nonempty = np.diff(np.concatenate(([0], ends))) > 0
+    last[ends[nonempty] - 1] = True
+    sep = pc.if_else(pa.array(last), "", ",")
+    joined = pc.binary_join_element_wise(entries, sep, "")
+    if n == 0:
+        return pa.array([""] * len(ends), pa.string())
+    offsets = np.frombuffer(joined.buffers()[1], dtype=np.int32, count=n + 1)
+    group_offsets = offsets[np.concatenate(([0], ends))].astype(np.int32)
+    return pa.Array.from_buffers(pa.string(), len(ends), [None, pa.py_buffer(group_offsets), joined.buffers()[2]])
+
+
+@dataclass
+class Periods:
+    """Labels and bounds of local years, months and days in one time zone."""
+
+    clock: LocalClock
+
+    def _start(self, day: int) -> int:
+        return self.clock.first_instant(day * _DAY)
+
+    def entries(self, unit: str, first: int, last: int) -> tuple[list[str], list[int], list[int]]:
+        """time_range labels, from_ts and to_ts of every period from ``first`` to ``last`` (a
+        year number, a month since January 1970, or a day since 1970-01-01)."""
+        if unit == "year":
+            starts = [np.datetime64(f"{y:04d}-01-01") for y in range(first, last + 2)]
+            labels = [str(y) for y in range(first, last + 1)]
+        elif unit == "month":
+            months = np.arange(first, last + 2).astype("datetime64[M]")
+            starts = list(months.astype("datetime64[D]"))
+            labels = [str(m) for m in months[:-1]]
+        else:
+            days = np.arange(first, last + 2).astype("datetime64[D]")
+            starts = list(days)
+            labels = [str(d) for d in days[:-1]]
+        first_day, last_day = int(starts[0].astype(np.int64)), int(starts[-1].astype(np.int64))
+        # One table for the whole span, built once, not grown a period at a time.
+        self.clock.cover(first_day * _DAY - 2 * _DAY, last_day * _DAY + 2 * _DAY)
+        bounds = [self._start(int(s.astype(np.int64))) for s in starts]
+        return labels, bounds[:-1], [b - 1 for b in bounds[1:]]
+
+    def series(self, unit: str, keys: np.ndarray, counts: np.ndarray) -> list[dict[str, Any]]:
+        """Every period between the smallest and largest key, empty ones at 0."""
+        if len(keys) == 0:
+            return []
+        first, last = int(keys.min()), int(keys.max())
+        full = np.zeros(last - first + 1, dtype=np.int64)
+        np.add.at(full, keys - first, counts)
+        labels, starts, ends = self.entries(unit, first, last)
+        return [
+            {"time_range": label, "from_ts": a, "to_ts": b, "listen_count": int(n)}
+            for label, a, b, n in zip(labels, starts, ends, full.tolist(), strict=True)
+        ]
+
+
+def _year_of_month(months: np.ndarray) -> np.ndarray:
+    return months // 12 + 1970
+
+
+def _month_of_day(days: np.ndarray) -> np.ndarray:
+    return days.astype("datetime64[D]").astype("datetime64[M]").astype(np.int64)
+
+
+def daily_activity(cells: np.ndarray) -> list[dict[str, Any]]:
+    """Listens per (weekday, hour) cell as ListenBrainz lists them, empty cells left out."""
+    return [
+        {"day": DAY_NAMES[c // 24], "hour": c % 24, "listen_count": int(cells[c])}
+        for c in np.flatnonzero(cells).tolist()
+    ]
+
+
+def site_stats(activities: Iterable[userbehavior_pb2.SiteActivity], timezone: str) -> dict[str, Any]:
+    """The site-wide statistics: every replica's share summed."""
+    cells = np.zeros(7 * 24, dtype=np.int64)
+    days, day_counts, names, artist_counts = [], [], [], []
+    first = last = None
+    for a in activities:
+        if a.daily_activity:
+            cells += np.frombuffer(a.daily_activity, dtype="<u8").astype(np.int64)
+        days.append(np.frombuffer(a.days, dtype="<i4").astype(np.int64))
+        day_counts.append(np.frombuffer(a.day_counts, dtype="<u8").astype(np.int64))
+        if a.artists.offsets:
+            names.append(_strings(a.artists))
+            artist_counts.append(np.frombuffer(a.artist_counts, dtype="<u8").astype(np.int64))
+        if len(a.days):
+            first = a.first_ts if first is None else min(first, a.first_ts)
+            last = a.last_ts if last is None else max(last, a.last_ts)
+    day = np.concatenate(days) if days else np.empty(0, dtype=np.int64)
+    per_day = np.concatenate(day_counts) if day_counts else np.empty(0, dtype=np.int64)
+    periods = Periods(LocalClock(timezone))
+    top_artists: list[dict[str, Any]] = []
+    if names:
+        table = pa.table({"artist": pa.concat_arrays(names), "n": np.concatenate(artist_counts)})
+        totals = table.group_by("artist").aggregate([("n", "sum")])
+        counts = totals["n_sum"].to_numpy()
+        k = min(TOP_ARTISTS, len(counts))
+        # Every artist tied with the k-th count is a candidate; only those are ranked by name.
+        threshold = np.partition(counts, len(counts) - k)[len(counts) - k] if k else 0
+        candidates = np.flatnonzero(counts >= threshold)
+        names_of = pc.take(totals["artist"], pa.array(candidates)).to_pylist()
+        pairs = zip(names_of, counts[candidates].tolist(), strict=True)
+        top_artists = [
+            {"artist": a, "listen_count": n}
+            for a, n in top_ranked(pairs, TOP_ARTISTS, count=lambda p: p[1], key=lambda p: p[0])
+        ]
+    return {
+        "timezone": periods.clock.name,
+        "first_ts": first,
+        "last_ts": last,
+        "top_artists": top_artists,
+        "daily_activity": daily_activity(cells),
+        "listening_activity": {
+            "year": periods.series("year", _year_of_month(_month_of_day(day)), per_day),
+            "month": periods.series("month", _month_of_day(day), per_day),
+            "day": periods.series("day", day, per_day),
+        },
+    }
+
+
+class _Labels:
+    """JSON text of period entries, by key, built once per distinct period."""
+
+    def __init__(self, periods: Periods, unit: str) -> None:
+        self.periods, self.unit = periods, unit
+        self.first = 0
+        self.prefix = pa.array([], pa.string())
+
+    def take(self, keys: np.ndarray) -> pa.Array:
+        lo, hi = int(keys.min()), int(keys.max())
+        have = len(self.prefix)
+        if not have or lo < self.first or hi >= self.first + have:
+            first = lo if not have else min(lo, self.first)
+            last = hi if not have else max(hi, self.first + have - 1)
+            labels, starts, ends = self.periods.entries(self.unit, first, last)
+            self.first = first
+            self.prefix = pa.array(
+                [
+                    f'{{"time_range":"{label}","from_ts":{a},"to_ts":{b},"listen_count":'
+                    for label, a, b in zip(labels, starts, ends, strict=True)
+                ],
+                pa.string(),
+            )
+        return self.prefix.take(pa.array(keys - self.first))
+
+
+_CELL_PREFIX = pa.array([f'{{"day":"{DAY_NAMES[c // 24]}","hour":{c % 24},"listen_count":' for c in range(168)])
+
+
+def _filled(ends: np.ndarray, keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-user keys (ascending within a user) completed with every key between a user's first and
+    last, at 0."""
+    ends = ends.astype(np.int64)
+    starts = np.concatenate(([0], ends[:-1]))
+    has = ends > starts
+    lo = np.zeros(len(ends), dtype=np.int64)
+    hi = np.full(len(ends), -1, dtype=np.int64)
+    lo[has], hi[has] = keys[starts[has]], keys[ends[has] - 1]
+    lengths = hi - lo + 1
+    new_ends = np.cumsum(lengths)
+    new_starts = new_ends - lengths
+    total = int(new_ends[-1]) if len(ends) else 0
+    full_keys = np.repeat(lo - new_starts, lengths) + np.arange(total)
+    full_counts = np.zeros(total, dtype=np.int64)
+    user_of_entry = np.repeat(np.arange(len(ends)), ends - starts)
+    full_counts[new_starts[user_of_entry] + keys - lo[user_of_entry]] = counts
+    return new_ends, full_keys, full_counts
+
+
+def _by_year(ends: np.ndarray, months: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Monthly lists (every month present, ascending) summed into yearly lists."""
+    ends = ends.astype(np.int64)
+    user = np.repeat(np.arange(len(ends)), np.diff(np.concatenate(([0], ends))))
+    year = _year_of_month(months)
+    if len(year) == 0:
+        return ends, year, counts
+    starts = np.flatnonzero(np.concatenate(([True], (year[1:] != year[:-1]) | (user[1:] != user[:-1]))))
+    sums = np.add.reduceat(counts, starts)
+    new_ends = np.cumsum(np.bincount(user[starts], minlength=len(ends)))
+    return new_ends, year[starts], sums
+
+
+class UserLines:
+    """Formats UserSummaries messages into JSON lines (bytes), one per user, in message order."""
+
+    def __init__(self, timezone: str) -> None:
+        periods = Periods(LocalClock(timezone))
+        self._months = _Labels(periods, "month")
+        self._years = _Labels(periods, "year")
+
+    def _entries(self, prefix: pa.Array, counts: np.ndarray) -> pa.Array:
+        return pc.binary_join_element_wise(prefix, _numbers(counts), "}", "")
+
+    def _series(self, labels: _Labels, ends: np.ndarray, keys: np.ndarray, counts: np.ndarray) -> pa.Array:
+        entries = self._entries(labels.take(keys), counts) if len(keys) else pa.array([], pa.string())
+        return _group_concat(entries, ends)
+
+    def format(self, users: userbehavior_pb2.UserSummaries) -> pa.Array:
+        n = len(users.user_ids)
+        ta = users.top_artists
+        names, idx = _column(ta.names)
+        artist_entries = pc.binary_join_element_wise(
+            '{"artist":', json_strings(names).take(pa.array(idx)),
+            ',"listen_count":', _numbers(np.frombuffer(ta.counts, dtype="<u4")), "}", "",
+        )  # fmt: skip
+        ts = users.top_songs
+        song_names, song_idx = _column(ts.names)
+        song_artists, artist_idx = _column(ts.artists)
+        song_ids, id_idx = _column(ts.song_ids)
+        song_entries = pc.binary_join_element_wise(
+            '{"song":', json_strings(song_names).take(pa.array(song_idx)),
+            ',"artist":', json_strings(song_artists).take(pa.array(artist_idx)),
+            ',"song_id":', json_strings(song_ids).take(pa.array(id_idx)),
+            ',"listen_count":', _numbers(np.frombuffer(ts.counts, dtype="<u4")), "}", "",
+        )  # fmt: skip
+        da = users.daily_activity
+        cells = np.frombuffer(da.keys, dtype="<i4")
+        cell_entries = self._entries(_CELL_PREFIX.take(pa.array(cells)), np.frombuffer(da.counts, dtype="<u4"))
+        ma = users.monthly_activity
+        m_ends, months, m_counts = _filled(
+            np.frombuffer(ma.ends, dtype="<u4"),
+            np.frombuffer(ma.keys, dtype="<i4").astype(np.int64),
+            np.frombuffer(ma.counts, dtype="<u4").astype(np.int64),
+        )
+        y_ends, years, y_counts = _by_year(m_ends, months, m_counts)
+        lines = pc.binary_join_element_wise(
+            '{"user_id":', json_strings(pa.array(list(users.user_ids), pa.string())),
+            ',"total_time":', _numbers(np.asarray(users.total_time, dtype=np.uint64)),
+            ',"top_artist":', json_strings(pa.array(list(users.top_artist), pa.string())),
+            ',"top_artists":[', _group_concat(artist_entries, np.frombuffer(ta.ends, dtype="<u4")),
+            '],"top_songs":[', _group_concat(song_entries, np.frombuffer(ts.ends, dtype="<u4")),
+            '],"daily_activity":[', _group_concat(cell_entries, np.frombuffer(da.ends, dtype="<u4")),
+            '],"listening_activity":{"year":[', self._series(self._years, y_ends, years, y_counts),
+            '],"month":[', self._series(self._months, m_ends, months, m_counts),
+            "]}}\n", "",
+        )  # fmt: skip
+        assert len(lines) == n
+        return lines
+
+
+def _data(lines: pa.Array) -> bytes:
+    """The concatenated text of ``lines`` (all of them)."""
+    if len(lines) == 0:
+        return b""
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=lines.offset + len(lines) + 1)
+    start, stop = int(offsets[lines.offset]), int(offsets[-1])
+    return memoryview(lines.buffers()[2])[start:stop].tobytes()
+
+
+def _merged(shards: list[list[userbehavior_pb2.UserSummaries]], timezone: str) -> Iterator[bytes]:
+    """Every user's line in user_id order. Each shard's messages are in user_id order already, and
+    a user lives in one shard only: a merge, a window of messages at a time."""
+    formatter = UserLines(timezone)
+
+    def load(queue: list) -> tuple[list[str], pa.Array] | None:
+        while queue:
+            m = queue.pop()
+            if len(m.user_ids):
+                return list(m.user_ids), formatter.format(m)
+        return None
+
+    states = []
+    for shard in shards:
+        queue = list(reversed(shard))
+        head = load(queue)
+        if head is not None:
+            states.append([queue, *head])
+    while states:
+        bound = min(ids[-1] for _, ids, _ in states)
+        ids_window: list[str] = []
+        lines_window = []
+        for state in states:
+            queue, ids, lines = state
+            cut = _upper_bound(ids, bound)
+            ids_window.extend(ids[:cut])
+            lines_window.append(lines.slice(0, cut))
+            if cut < len(ids):
+                state[1], state[2] = ids[cut:], lines.slice(cut)
+            else:
+                head = load(queue)
+                state[1:] = head if head is not None else (None, None)
+        states = [s for s in states if s[1] is not None]
+        lines_window = [lines for lines in lines_window if len(lines)]
+        if len(lines_window) == 1:
+            yield _data(lines_window[0])
+        elif lines_window:
+            window = pa.concat_arrays(lines_window)
+            order = pc.sort_indices(pa.array(ids_window, pa.string()))
+            yield _data(window.take(order))
+
+
+def _upper_bound(ids: list[str], bound: str) -> int:
+    lo, hi = 0, len(ids)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ids[mid] <= bound:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def write_user_stats(shards: list[list[userbehavior_pb2.UserSummaries]], timezone: str, path: Path) -> int:
+    """Write every user's statistics as JSON Lines, sorted by user_id, atomically; returns the users."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        for data in _merged(shards, timezone):
+            f.write(data)
+    os.replace(tmp, path)
+    return sum(len(m.user_ids) for s in shards for m in s)
