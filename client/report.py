@@ -385,6 +385,9 @@ def load_user_stats(path: Path, max_users: int) -> UserStats:
     total = 0
     for lineno, raw in _user_lines(path):
         check = _Checker(f"{path}:{lineno}")
+        raw = raw.rstrip(b"\r\n")  # so a column is counted within this line
+        if not raw:
+            check.fail("line", "empty (each line is one user's JSON object)")
         try:
             record = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
