@@ -24,8 +24,15 @@ def _add_run_arguments(p: argparse.ArgumentParser, data_required: bool) -> None:
         "--data",
         required=data_required,
         default=None if data_required else DEFAULT_DATA,
-        help="CSV with header user_id,song_id,artist,duration,timestamp",
+        help="listening events: our CSV (header user_id,song_id,artist,duration,timestamp), or a ListenBrainz, "
+        "Spotify or Last.fm export; a file, a folder, a glob or a zip",
     )
+    p.add_argument(
+        "--format",
+        help="the input's format: csv, listenbrainz, spotify, lastfm-1k or lastfm-scrobbles (default: told "
+        "from the content)",
+    )
+    p.add_argument("--user", metavar="NAME", help="the user of an export that does not name one")
     p.add_argument("--out", default=DEFAULT_RESULTS, help=f"results JSON path (default {DEFAULT_RESULTS})")
     p.add_argument(
         "--user-stats",
@@ -209,6 +216,8 @@ def _run(args: argparse.Namespace) -> int:
         tls=tls,
         timezone=args.timezone,
         user_stats=user_stats_path(args.out, args.user_stats),
+        format=args.format,
+        user=args.user,
     )
     try:
         result = run_pipeline(config)
@@ -294,11 +303,11 @@ def _summary(document: dict) -> dict:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from music_analytics.client.csv_source import InputError, read_header
     from music_analytics.client.demo import LocalServices
+    from music_analytics.client.sources import InputError, open_source
 
     try:
-        read_header(Path(args.data))
+        open_source(args.data, format=args.format, user=args.user)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
@@ -337,6 +346,10 @@ def _demo(args: argparse.Namespace) -> int:
                 "--recommendation",
                 services.target("recommendation"),
             ]
+            if args.format:
+                run_args += ["--format", args.format]
+            if args.user is not None:
+                run_args += ["--user", args.user]
             if args.strict:
                 run_args.append("--strict")
             if args.quiet:

@@ -7,7 +7,6 @@ in recommend.py.
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,12 +18,13 @@ from typing import Any
 import pyarrow as pa
 
 from music_analytics.api import mapreduce_pb2, recommendation_pb2, userbehavior_pb2
-from music_analytics.client.csv_source import REJECT_REASONS, Chunk, Rejection, read_events, read_header
+from music_analytics.client.csv_source import Chunk, Rejection
 from music_analytics.client.encoding import batches
 from music_analytics.client.listening import site_stats, write_user_stats
 from music_analytics.client.merge import UserResult, merge_songs, merge_users
 from music_analytics.client.recommend import recommend
 from music_analytics.client.replicas import Endpoint, Replicas, ServiceError, ServiceInfo
+from music_analytics.client.sources import REJECT_REASONS, SKIP_REASONS, open_source
 from music_analytics.client.streams import ShardedStream
 from music_analytics.client.targets import parse_target
 from music_analytics.client.tls import ClientTls
@@ -49,6 +49,9 @@ class PipelineResult:
     events_processed: int
     rejected: list[Rejection]
     rejected_by_reason: dict[str, int]
+    skipped_by_reason: dict[str, int]
+    input_format: str
+    input_files: list[str]
     timings: dict[str, float]
     replicas: dict[str, int]
     recoveries: dict[str, int] = field(default_factory=dict)
@@ -59,7 +62,7 @@ class PipelineResult:
 
 @dataclass
 class PipelineConfig:
-    data: Path
+    data: Path  # a file, folder, glob or zip (client.sources)
     mapreduce: str
     userbehavior: str
     recommendation: str
@@ -72,19 +75,20 @@ class PipelineConfig:
     tls: ClientTls | None = None  # None: plaintext
     timezone: str = "UTC"  # IANA name the time statistics are computed in
     user_stats: Path | None = None  # where the per-user JSON Lines go (None: not written)
+    format: str | None = None  # the input's format (None: detected)
+    user: str | None = None  # the user of an export that does not name one
 
 
 def run_pipeline(config: PipelineConfig) -> PipelineResult:
     """Run the whole analytics pipeline against the services; raises ServiceError, InputError, BadRowError."""
     started = time.perf_counter()
-    path = Path(config.data)
-    # Read the header first: an unusable file is reported before any service is contacted.
-    read_header(path)
-    total_bytes = path.stat().st_size
+    # Opened and checked first: an unusable input is reported before any service is contacted.
+    source = open_source(config.data, format=config.format, user=config.user)
+    total_bytes = source.total_bytes
 
     def replay(upto: int | None) -> Iterator[Chunk]:
         # The first ``upto`` chunks of the input: reading is deterministic, so the same rows.
-        return itertools.islice(read_events(path), upto)
+        return source.chunks(stop_after=upto)
 
     # Bad syntax fails now (exit 2); names that do not resolve yet are waited for in connect.
     targets = {
@@ -119,9 +123,12 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         rejected: list[Rejection] = []
         # Every reason, zeros included: a dashboard panel of reasons is never empty.
         by_reason: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
+        skipped: dict[str, int] = dict.fromkeys(SKIP_REASONS, 0)
         events = 0
         offset = 0
-        for chunks_read, chunk in enumerate(read_ahead(read_events(path, strict=config.strict)), 1):
+        for chunks_read, chunk in enumerate(read_ahead(source.chunks(strict=config.strict)), 1):
+            for reason, count in chunk.skipped.items():
+                skipped[reason] = skipped.get(reason, 0) + count
             for r in chunk.rejected:
                 by_reason[r.reason] = by_reason.get(r.reason, 0) + 1
             rejected.extend(chunk.rejected[: max(0, 20 - len(rejected))])
@@ -182,6 +189,9 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         events_processed=events,
         rejected=rejected,
         rejected_by_reason=by_reason,
+        skipped_by_reason=skipped,
+        input_format=source.format,
+        input_files=source.files,
         timings={
             "ingest_time": ingest_done - started,
             "mapreduce_time": mr_done - started,

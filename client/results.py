@@ -41,8 +41,16 @@ def to_json(result: PipelineResult) -> dict[str, Any]:
         "rows_rejected": sum(result.rejected_by_reason.values()),
         "rows_rejected_by_reason": dict(sorted(result.rejected_by_reason.items())),
         "rejected_examples": [
-            {"line": r.line, "reason": r.reason, "field": r.field, "message": r.message} for r in result.rejected
+            {"line": r.line, "reason": r.reason, "field": r.field, "message": r.message}
+            | ({"source": r.source} if r.source is not None else {})
+            | ({"unit": r.unit} if r.unit != "line" else {})
+            for r in result.rejected
         ],
+        "input": {
+            "format": result.input_format,
+            "files": len(result.input_files),
+            "rows_skipped_by_reason": dict(sorted(result.skipped_by_reason.items())),
+        },
         "replicas": result.replicas,
         "replica_recoveries": result.recoveries,
         "listening_stats": result.listening_stats,
@@ -76,9 +84,18 @@ def print_summary(document: dict[str, Any], out: TextIO, data: str, results_path
     w(f"music-analytics: {document['events_processed']:,} events from {data}")
     rejected = document["rows_rejected"]
     w(f", {rejected:,} rows rejected\n" if rejected else "\n")
+    skipped = {k: v for k, v in document["input"]["rows_skipped_by_reason"].items() if v}
+    if skipped:
+        w(f"  skipped on purpose (not errors): {skipped}\n")
     for example in document["rejected_examples"][:5]:
         field = f" ({example['field']})" if example["field"] else ""
-        w(f"  rejected {data}:{example['line']}{field}: {example['message']}\n")
+        name = example.get("source", data)
+        where = (
+            f"{name}:{example['line']}"
+            if example.get("unit", "line") == "line"
+            else f"{name}: record {example['line']}"
+        )
+        w(f"  rejected {where}{field}: {example['message']}\n")
     if rejected > len(document["rejected_examples"][:5]):
         w(
             f"  ... {rejected - len(document['rejected_examples'][:5]):,} more; by reason: "
