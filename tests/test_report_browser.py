@@ -151,6 +151,7 @@ def _open(browser: object, path: Path, javascript: bool = True) -> Opened:
     page.on("pageerror", lambda error: opened.console_errors.append(str(error)))
     page.on("dialog", lambda dialog: (opened.dialogs.append(dialog.message), dialog.dismiss()))
     page.goto(url, wait_until="load")
+    page.wait_for_load_state("networkidle")  # a fetch started by script after load is seen too
     return opened
 
 
