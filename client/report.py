@@ -889,7 +889,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="per-user statistics, JSON Lines (default: the file the results name, if it exists)",
     )
-    parser.add_argument("--out", type=Path, default=Path("report.html"), help="the HTML file to write (report.html)")
+    parser.add_argument(
+        "--out", type=Path, help="the HTML file to write (default: RESULTS with .json replaced by .html)"
+    )
     parser.add_argument(
         "--max-users",
         type=_non_negative,
@@ -900,9 +902,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def default_report_path(results: Path) -> Path:
+    """Beside the results: results/run_grpc_metrics.json -> results/run_grpc_metrics.html."""
+    return results.with_name(results.name.removesuffix(".json") + ".html")
+
+
 def main(args: argparse.Namespace) -> int:
+    out = args.out if args.out is not None else default_report_path(args.results)
     try:
-        out = write_report(args.results, args.user_stats, args.out, args.max_users)
+        out = write_report(args.results, args.user_stats, out, args.max_users)
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT

@@ -385,13 +385,13 @@ def test_unwritable_out_names_it(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 def test_command_line_exit_codes(tmp_path: Path) -> None:
-    """As a process: a report is written with exit 0; bad input is one line on stderr, exit 2, no traceback."""
-    results = _write(tmp_path / "r.json", _results(mapreduce_results={"top_songs": {"A - s": 1}}))
+    """As a process: a report is written (by default beside the results) with exit 0; bad input is one
+    line on stderr, exit 2, no traceback."""
+    results = _write(tmp_path / "run.json", _results(mapreduce_results={"top_songs": {"A - s": 1}}))
     command = [sys.executable, "-m", "music_analytics.client.report"]
-    done = subprocess.run(
-        [*command, str(results), "--out", str(tmp_path / "r.html")], capture_output=True, text=True, cwd=ROOT
-    )
-    assert done.returncode == 0 and (tmp_path / "r.html").is_file(), done.stderr
+    done = subprocess.run([*command, str(results)], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0 and (tmp_path / "run.html").is_file(), done.stderr
+    assert done.stderr == f"Report written to {tmp_path / 'run.html'}\n"
     bad = tmp_path / "bad.json"
     bad.write_text("{", encoding="utf-8")
     failed = subprocess.run([*command, str(bad)], capture_output=True, text=True, cwd=ROOT)
