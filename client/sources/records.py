@@ -58,8 +58,12 @@ class ChunkBuilder:
     skipped: dict[str, int] = field(default_factory=dict)
 
     def add(self, event: Event) -> None:
-        for column, value in zip(self.columns, event, strict=True):
-            column.append(value)
+        user, song, artist, duration, timestamp = self.columns
+        user.append(event[0])
+        song.append(event[1])
+        artist.append(event[2])
+        duration.append(event[3])
+        timestamp.append(event[4])
 
     @property
     def full(self) -> bool:
