@@ -42,15 +42,36 @@ from music_analytics.api import events_pb2, mapreduce_pb2, userbehavior_pb2
 from music_analytics.client.demo import ServiceProcess, start_service
 from music_analytics.client.encoding import ALL_COLUMNS, encode_batch
 from music_analytics.services.common.columns import InvalidBatchError
-from music_analytics.services.common.contract import MAPREDUCE, MAX_BATCH_ROWS, MAX_TOP_N, USERBEHAVIOR
-from music_analytics.services.common.events import ARTIST, DURATION, SONG, USER, decode_chunk
+from music_analytics.services.common.contract import (
+    MAPREDUCE,
+    MAX_BATCH_ROWS,
+    MAX_TIMESTAMP,
+    MAX_TOP_N,
+    MIN_TIMESTAMP,
+    USERBEHAVIOR,
+)
+from music_analytics.services.common.events import ARTIST, DURATION, SONG, TIMESTAMP, USER, decode_chunk
 from tests.fuzzing import fuzz_settings
 from tests.support.events import set_fields
 
 CORPUS = Path(__file__).resolve().parent / "fuzz_corpus" / "decoders"
 STRING_COLUMNS = (USER, SONG, ARTIST)
 # What each service reads, and everything.
-NEEDED = {"mapreduce": (ARTIST, SONG), "userbehavior": (USER, ARTIST, DURATION), "all": (USER, SONG, ARTIST, DURATION)}
+NEEDED = {
+    "mapreduce": (ARTIST, SONG),
+    "userbehavior": (USER, SONG, ARTIST, DURATION, TIMESTAMP),
+    "all": (USER, SONG, ARTIST, DURATION, TIMESTAMP),
+}
+# Event times as text, with their seconds since 1970 written out (worked by hand, not computed).
+KNOWN_TIMES = {
+    "2024-01-01T00:00:00Z": 1_704_067_200,
+    "2020-02-29": 1_582_934_400,
+    "2016-12-31T23:59:60Z": 1_483_228_800,
+    "2024-05-01T12:00+02:00": 1_714_557_600,
+    "1969-12-31T23:59:59.5Z": -1,
+}
+# Parsed, but before 1900 or from 2200 on: out of range.
+OUT_OF_RANGE_TIMES = ("1899-12-31T23:59:59Z", "2200-01-01")
 UINT32_MAX = 2**32 - 1
 
 
@@ -70,10 +91,15 @@ class Decoded:
     rows: int
     columns: dict[str, list[str]]  # every needed string column, row by row
     duration: list[int] | None
+    timestamp: list[int] | None = None
 
 
 def _uint32s(raw: bytes) -> list[int]:
     return [int.from_bytes(raw[i : i + 4], "little") for i in range(0, len(raw), 4)]
+
+
+def _int64s(raw: bytes) -> list[int]:
+    return [int.from_bytes(raw[i : i + 8], "little", signed=True) for i in range(0, len(raw), 8)]
 
 
 def _int32s(raw: bytes) -> list[int]:
@@ -138,9 +164,17 @@ def _reference_batch(batch: events_pb2.EventBatch, needed: tuple[str, ...]) -> D
             problems.append(Problem("duration", "invalid_batch"))
         else:
             duration = _uint32s(batch.duration)
+    timestamp = None
+    if batch.timestamp or TIMESTAMP in needed:
+        if len(batch.timestamp) != 8 * rows:
+            problems.append(Problem("timestamp", "invalid_batch"))
+        else:
+            timestamp = _int64s(batch.timestamp)
+            if any(not MIN_TIMESTAMP <= t < MAX_TIMESTAMP for t in timestamp):
+                problems.append(Problem("timestamp", "out_of_range"))
     if problems:
         return problems
-    return Decoded(rows, columns, duration if DURATION in needed else None)
+    return Decoded(rows, columns, duration if DURATION in needed else None, timestamp if TIMESTAMP in needed else None)
 
 
 def _reference_records(records: events_pb2.PlayEvents, needed: tuple[str, ...]) -> Decoded | list[Problem]:
@@ -155,11 +189,18 @@ def _reference_records(records: events_pb2.PlayEvents, needed: tuple[str, ...]) 
         for name in STRING_COLUMNS
         if getattr(e, name) == ""
     ]
+    if TIMESTAMP in needed:
+        for i, e in enumerate(events):
+            if e.timestamp in OUT_OF_RANGE_TIMES:
+                problems.append(Problem(f"records.events[{i}].timestamp", "out_of_range"))
+            elif e.timestamp not in KNOWN_TIMES:  # anything else drawn is no date-time, or no such day
+                problems.append(Problem(f"records.events[{i}].timestamp", "invalid_batch"))
     if problems:
         return problems
     columns = {name: [getattr(e, name) for e in events] for name in STRING_COLUMNS if name in needed}
     duration = [e.duration for e in events] if DURATION in needed else None
-    return Decoded(len(events), columns, duration)
+    timestamp = [KNOWN_TIMES[e.timestamp] for e in events] if TIMESTAMP in needed else None
+    return Decoded(len(events), columns, duration, timestamp)
 
 
 def reference_decode(chunk: events_pb2.EventChunk, needed: tuple[str, ...]) -> Decoded | list[Problem]:
@@ -208,6 +249,10 @@ def check_against_reference(
         assert got.duration is None
     else:
         assert got.duration is not None and got.duration.tolist() == expected.duration
+    if expected.timestamp is None:
+        assert got.timestamp is None
+    else:
+        assert got.timestamp is not None and got.timestamp.tolist() == expected.timestamp
     return expected, "accepted"
 
 
@@ -218,6 +263,7 @@ def check_against_reference(
 # Any Unicode text except lone surrogates (which UTF-8 cannot encode), some of it multi-byte.
 strings = st.text(st.characters(codec="utf-8"), min_size=1, max_size=6)
 durations = st.integers(0, UINT32_MAX)
+times = st.integers(MIN_TIMESTAMP, MAX_TIMESTAMP - 1)
 
 
 def _offsets(values: list[bytes], start: int) -> bytes:
@@ -244,6 +290,8 @@ def valid_batches(draw: st.DrawFn) -> events_pb2.EventBatch:
         column.indices = struct.pack(f"<{rows}I", *idx)
     if draw(st.integers(0, 9)):
         batch.duration = struct.pack(f"<{rows}I", *draw(st.lists(durations, min_size=rows, max_size=rows)))
+    if draw(st.integers(0, 9)):
+        batch.timestamp = struct.pack(f"<{rows}q", *draw(st.lists(times, min_size=rows, max_size=rows)))
     return batch
 
 
@@ -266,7 +314,8 @@ def mutated_batches(draw: st.DrawFn) -> events_pb2.EventBatch:
             st.sampled_from([
                 "offsets garbage", "offsets swapped", "offset replaced", "offsets cut", "data invalid utf-8",
                 "data cut", "empty string", "index out of range", "indices resized", "num_rows changed",
-                "dictionary grown", "column dropped", "duration resized",
+                "dictionary grown", "column dropped", "duration resized", "timestamp resized",
+                "timestamp out of range",
             ])
         )  # fmt: skip
         if kind == "offsets garbage":
@@ -318,6 +367,11 @@ def mutated_batches(draw: st.DrawFn) -> events_pb2.EventBatch:
             batch.ClearField(name)
         elif kind == "duration resized":
             batch.duration = draw(st.binary(max_size=4 * rows + 8))
+        elif kind == "timestamp resized":
+            batch.timestamp = draw(st.binary(max_size=8 * rows + 16))
+        elif kind == "timestamp out of range":
+            value = draw(st.sampled_from([MIN_TIMESTAMP - 1, MAX_TIMESTAMP, -(2**63), 2**63 - 1]))
+            batch.timestamp = struct.pack(f"<{rows}q", *([value] * rows))
     return batch
 
 
@@ -332,7 +386,9 @@ def records(draw: st.DrawFn) -> events_pb2.PlayEvents:
                 song_id=strings,
                 artist=strings,
                 duration=durations,
-                timestamp=st.text(max_size=4),
+                timestamp=st.one_of(
+                    st.sampled_from(sorted(KNOWN_TIMES)), st.sampled_from(OUT_OF_RANGE_TIMES), st.text(max_size=4)
+                ),
             ),
             max_size=12,
         )
@@ -367,6 +423,7 @@ def _one_row_batch(**fields) -> events_pb2.EventBatch:
         getattr(batch, name).dictionary.data = b"x"
         getattr(batch, name).indices = struct.pack("<I", 0)
     batch.duration = struct.pack("<I", 5)
+    batch.timestamp = struct.pack("<q", 1_704_067_200)
     set_fields(batch, **fields)
     return batch
 
@@ -439,6 +496,7 @@ def client_tables(draw: st.DrawFn) -> pa.Table:
         else:
             columns[name] = pa.array([dictionary[i] for i in idx], pa.string())
     columns["duration"] = pa.array(draw(st.lists(durations, min_size=size, max_size=size)), pa.uint32())
+    columns["timestamp"] = pa.array(draw(st.lists(times, min_size=size, max_size=size)), pa.int64())
     table = pa.table(columns)
     start = draw(st.integers(0, size - 1))
     table = table.slice(start, draw(st.integers(1, size - start)))
@@ -480,7 +538,9 @@ def test_num_rows_past_the_bound_is_out_of_range_before_any_column_is_read():
 
 def _records_message(count: int) -> events_pb2.EventChunk:
     # Serialized by hand: a million PlayEvent objects would take the test a minute to build.
-    event_bytes = events_pb2.PlayEvent(user_id="u", song_id="s", artist="A", duration=1).SerializeToString()
+    event_bytes = events_pb2.PlayEvent(
+        user_id="u", song_id="s", artist="A", duration=1, timestamp="2024-01-01T00:00:00Z"
+    ).SerializeToString()
     one = b"\x0a" + bytes([len(event_bytes)]) + event_bytes  # PlayEvents.events, field 1
     body = one * count
     return events_pb2.EventChunk.FromString(b"\x12" + _varint(len(body)) + body)  # EventChunk.records, field 2
@@ -523,9 +583,15 @@ def test_a_column_the_service_does_not_read_is_checked_too():
 
 def test_a_missing_column_the_service_reads_is_named():
     batch = _one_row_batch()
-    batch.ClearField("song_id")
-    assert str(refusal(_chunk(batch), NEEDED["mapreduce"])).startswith("song_id: column missing")
-    assert decode_chunk(_chunk(batch), NEEDED["userbehavior"]).rows == 1
+    batch.ClearField("user_id")
+    assert str(refusal(_chunk(batch), NEEDED["userbehavior"])).startswith("user_id: column missing")
+    assert decode_chunk(_chunk(batch), NEEDED["mapreduce"]).rows == 1
+
+
+def test_a_timestamp_outside_the_accepted_range_is_out_of_range():
+    late = struct.pack("<q", MAX_TIMESTAMP)
+    err = refusal(_chunk(_one_row_batch(timestamp=late)), NEEDED["userbehavior"])
+    assert err.reason == "out_of_range" and str(err).startswith(f"timestamp: {MAX_TIMESTAMP} is outside")
 
 
 def test_client_sends_a_shard_with_only_the_dictionary_entries_its_rows_use():
@@ -533,7 +599,8 @@ def test_client_sends_a_shard_with_only_the_dictionary_entries_its_rows_use():
     not (the services refuse a dictionary larger than its batch)."""
     artists = pa.DictionaryArray.from_arrays(pa.array([0, 1, 2, 3, 3], pa.int32()), pa.array(list("abcd")))
     table = pa.table({"user_id": list("uvwxy"), "song_id": list("sssss"), "artist": artists,
-                      "duration": pa.array([1, 2, 3, 4, 5], pa.uint32())})  # fmt: skip
+                      "duration": pa.array([1, 2, 3, 4, 5], pa.uint32()),
+                      "timestamp": pa.array([0, 1, 2, 3, 4], pa.int64())})  # fmt: skip
     table = table.filter(pa.array([False, False, False, True, True]))
     chunk = mapreduce_pb2.CountPlaysRequest.FromString(encode_batch(table)).events
     assert chunk.batch.artist.dictionary.data == b"d"

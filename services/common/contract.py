@@ -31,6 +31,10 @@ MAX_TOP_N = 10_000
 # Recommendations carry one uint32 bit mask per user: bit j is trending song j.
 MAX_TRENDING_N = 32
 MAX_CANDIDATES = 100_000
+# Event times, seconds since 1970 UTC: from 1900-01-01 up to (not including) 2200-01-01. Outside
+# this a time is a broken value, and the time zone tables need a bounded range.
+MIN_TIMESTAMP = -2_208_988_800
+MAX_TIMESTAMP = 7_258_118_400
 # Rows in one EventBatch or PlayEvents message. The client sends 65,536 at most; a message of
 # 16 MB cannot hold more than ~1.4M rows of the smallest possible encoding anyway.
 MAX_BATCH_ROWS = 1 << 20

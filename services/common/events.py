@@ -17,12 +17,13 @@ from music_analytics.services.common.columns import (
     string_array,
     uint32_column,
 )
-from music_analytics.services.common.contract import MAX_BATCH_ROWS
+from music_analytics.services.common.contract import MAX_BATCH_ROWS, MAX_TIMESTAMP, MIN_TIMESTAMP
 from music_analytics.services.common.timestamps import parse_timestamp
 
 # Columns each service reads; the others may be absent from what it is sent.
 USER, SONG, ARTIST, DURATION, TIMESTAMP = "user_id", "song_id", "artist", "duration", "timestamp"
 STRING_COLUMNS = (USER, SONG, ARTIST)
+TIMESTAMP_RANGE = "is outside the times accepted, 1900-01-01 up to 2200-01-01 UTC"
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,12 @@ def _decode_batch(batch: events_pb2.EventBatch, needed: tuple[str, ...]) -> Even
             columns[name] = DictColumn(*drop_unused(dictionary, idx))
     # proto3 cannot tell an absent bytes field from an empty one: no durations is absent.
     duration = uint32_column(batch.duration, rows, DURATION) if batch.duration or DURATION in needed else None
-    timestamp = int64_column(batch.timestamp, rows, TIMESTAMP) if batch.timestamp or TIMESTAMP in needed else None
+    timestamp = None
+    if batch.timestamp or TIMESTAMP in needed:
+        timestamp = int64_column(batch.timestamp, rows, TIMESTAMP)
+        lo, hi = int(timestamp.min()), int(timestamp.max())
+        if lo < MIN_TIMESTAMP or hi >= MAX_TIMESTAMP:
+            raise InvalidBatchError(f"timestamp: {lo if lo < MIN_TIMESTAMP else hi} {TIMESTAMP_RANGE}", "out_of_range")
     return EventColumns(
         rows,
         columns,
@@ -112,6 +118,10 @@ def _decode_records(records: events_pb2.PlayEvents, needed: tuple[str, ...]) -> 
                 timestamp[i] = parse_timestamp(event.timestamp)
             except ValueError as exc:
                 raise InvalidBatchError(f"records.events[{i}].timestamp: {exc}") from None
+            if not MIN_TIMESTAMP <= timestamp[i] < MAX_TIMESTAMP:
+                raise InvalidBatchError(
+                    f"records.events[{i}].timestamp: {event.timestamp!r} {TIMESTAMP_RANGE}", "out_of_range"
+                )
     columns = {}
     for name in needed:
         if name in (DURATION, TIMESTAMP):

@@ -13,6 +13,7 @@ def good_table(rows: int = 3) -> pa.Table:
     return pa.table({
         "user_id": [f"u{i}" for i in range(rows)], "song_id": ["s"] * rows, "artist": ["A"] * rows,
         "duration": pa.array([1] * rows, type=pa.uint32()),
+        "timestamp": pa.array([1_700_000_000 + 60 * i for i in range(rows)], type=pa.int64()),
     })  # fmt: skip
 
 
