@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate.add_arguments(sub.add_parser("generate", help="write realistic synthetic listening events"))
 
+    from music_analytics.client import report
+
+    report.add_arguments(sub.add_parser("report", help="one self-contained HTML page from a run's results"))
+
     return parser
 
 
@@ -160,6 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from music_analytics.client import generate
 
         return generate.main(args)
+    if args.command == "report":
+        from music_analytics.client import report
+
+        return report.main(args)
     raise AssertionError(args.command)
 
 
@@ -357,4 +365,16 @@ def _demo(args: argparse.Namespace) -> int:
             code = main(run_args)
         finally:
             services.stop()
+    if code == EXIT_OK:
+        from music_analytics.client.report import ReportError, default_report_path, write_report
+
+        try:
+            page = write_report(
+                Path(args.out), user_stats_path(args.out, args.user_stats), default_report_path(Path(args.out))
+            )
+        except ReportError as exc:
+            print(f"error: report not written: {exc}", file=sys.stderr)
+            return EXIT_INPUT
+        if not args.quiet:
+            print(f"Report written to {page}")
     return code

@@ -418,3 +418,14 @@ def test_range_beyond_what_dates_can_show_is_given_as_epoch_seconds(tmp_path: Pa
     page = Page(report.write_report(results, None, tmp_path / "r.html").read_text(encoding="utf-8"))
     assert page.with_attr("data-label", "range")[0]["data-value"] == f"{-(10**15)}..0"
     assert f"epoch {-(10**15)}" in page.texts and "→ 1970-01-01 00:00" in page.texts
+
+
+def test_report_assets_are_package_data() -> None:
+    """The image installs a wheel: the page's CSS and script must be declared package data to be in it."""
+    import fnmatch
+    import tomllib
+
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    patterns = package_data.get("music_analytics.client", [])
+    assets = [p.relative_to(ROOT / "client").as_posix() for p in (ROOT / "client" / "report_assets").iterdir()]
+    assert assets and all(any(fnmatch.fnmatch(a, pat) for pat in patterns) for a in assets)
