@@ -19,7 +19,8 @@ The rules (tests/test_fuzz_csv.py checks both paths and the chunking against the
 * A row is rejected for the first of these that applies: ``wrong_field_count`` (not as many
   fields as the header), ``invalid_utf8`` (in one of the five columns; other columns are not
   read), ``empty_field`` (user_id, song_id or artist empty), ``invalid_duration`` (not only the
-  digits 0-9, or above 2^32-1), ``invalid_timestamp`` (not TIMESTAMP_PATTERN, or no such date).
+  digits 0-9, or above 2^32-1), ``invalid_timestamp`` (not TIMESTAMP_PATTERN, no such date, or
+  an instant outside 1900-01-01 up to 2200-01-01 UTC: the services refuse a batch holding one).
 * A row longer than ``max_row_bytes`` (most likely a quoted field never closed) makes the file
   unusable, so that memory stays bounded.
 * A kept row's timestamp becomes epoch seconds, UTC (int64): no zone means UTC, a fraction is
@@ -44,6 +45,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
+
+from music_analytics.services.common.contract import MAX_TIMESTAMP, MIN_TIMESTAMP
 
 REQUIRED = ("user_id", "song_id", "artist", "duration", "timestamp")
 STRING_COLUMNS = ("user_id", "song_id", "artist")
@@ -407,7 +410,10 @@ def _epoch_seconds_fast(ts: pa.Array) -> pa.Array | None:
         except pa.ArrowInvalid:
             return None
     # Floor division: 1969-12-31T23:59:59.5Z is -1, not 0.
-    return pa.array(nanos // 1_000_000_000, type=pa.int64())
+    seconds = nanos // 1_000_000_000
+    if len(seconds) and (seconds.min() < MIN_TIMESTAMP or seconds.max() >= MAX_TIMESTAMP):
+        return None  # the exact path rejects the rows outside the range
+    return pa.array(seconds, type=pa.int64())
 
 
 def _iso8601_timestamps(ts: pa.ChunkedArray) -> bool:
@@ -467,9 +473,15 @@ def check_row(row: list[str], names: tuple[str, ...]) -> tuple[str, str | None, 
             (f"duration {duration!r} is not a whole number of seconds between 0 and {MAX_DURATION}"),
         )
     ts = values["timestamp"]
-    if parse_timestamp(ts) is None:
+    seconds = parse_timestamp(ts)
+    if seconds is None:
         return "invalid_timestamp", "timestamp", f"timestamp {ts!r} is not an ISO 8601 date-time"
+    if not MIN_TIMESTAMP <= seconds < MAX_TIMESTAMP:
+        return "invalid_timestamp", "timestamp", f"timestamp {ts!r} {TIMESTAMP_RANGE}"
     return None
+
+
+TIMESTAMP_RANGE = "is outside the times accepted, 1900-01-01 up to 2200-01-01 UTC"
 
 
 def _parse_exact(body: bytes, names: tuple[str, ...], first_line: int, source: str | None = None) -> Chunk:

@@ -52,6 +52,7 @@ BAD_ROWS = [
     (b"u1,s1,A,10,yesterday\n", "invalid_timestamp", "timestamp"),
     (b"u1,s1,A,10,2024-02-30T00:00:00Z\n", "invalid_timestamp", "timestamp"),
     (b"u1,s1,A,10,2024-01-01T25:00:00Z\n", "invalid_timestamp", "timestamp"),
+    (b"u1,s1,A,10,1850-01-01\n", "invalid_timestamp", "timestamp"),  # the services refuse it: outside 1900..2200
     (b",s1,A,10,2024-01-01T00:00:00Z\n", "empty_field", "user_id"),
     (b"u1,,A,10,2024-01-01T00:00:00Z\n", "empty_field", "song_id"),
     (b'u1,s1,"",10,2024-01-01T00:00:00Z\n', "empty_field", "artist"),
@@ -156,9 +157,8 @@ STAMPS = [
     ("2024-01-01T10:30:15+01", epoch(2024, 1, 1, 10, 30, 15, offset=dt.timedelta(hours=1))),
     ("2024-02-29T23:59:59Z", epoch(2024, 2, 29, 23, 59, 59)),
     ("1969-12-31T23:59:59.5Z", -1),  # floored: the second before the epoch, not the epoch
-    ("1900-03-01T00:00:00Z", epoch(1900, 3, 1)),
-    ("0001-01-01", epoch(1, 1, 1)),  # beyond Arrow's nanosecond range: the exact path
-    ("9999-12-31T23:59:59Z", epoch(9999, 12, 31, 23, 59, 59)),
+    ("1900-01-01T00:00:00Z", epoch(1900, 1, 1)),  # the first instant the services accept
+    ("2200-01-01T00:59:59+01:00", epoch(2199, 12, 31, 23, 59, 59)),  # the last
 ]
 
 
@@ -175,9 +175,22 @@ def test_leap_second_is_the_next_second(tmp_path):
     assert [r["timestamp"] for r in rows] == [epoch(2017, 1, 1), epoch(2017, 1, 1, offset=dt.timedelta(hours=1))]
 
 
+@pytest.mark.parametrize(
+    "stamp", ["1899-12-31T23:59:59Z", "1900-01-01T00:30:00+01:00", "2200-01-01T00:00:00Z", "2199-12-31T23:00-01:00",
+              "0001-01-01", "9999-12-31T23:59:59Z"],
+)  # fmt: skip
+def test_a_time_outside_what_the_services_accept_is_rejected_not_sent(tmp_path, stamp):
+    # A batch holding one such time is refused whole by the services: the run would fail.
+    path = write(tmp_path, HEADER + GOOD + b"u1,s1,A,1," + stamp.encode() + b"\n" + GOOD)
+    rows, rejected = read_all(path)
+    assert len(rows) == 2
+    assert [(r.line, r.reason, r.field) for r in rejected] == [(3, "invalid_timestamp", "timestamp")]
+    assert "is outside the times accepted, 1900-01-01 up to 2200-01-01 UTC" in rejected[0].message
+
+
 def test_fast_and_exact_paths_agree_on_timestamps_of_every_form_mixed_in_one_chunk():
-    # Arrow reads neither a decimal comma nor years outside its nanosecond range.
-    arrow_readable = [(s, t) for s, t in STAMPS if 1678 <= int(s[:4]) <= 2261 and "," not in s]
+    # Arrow does not read a decimal comma.
+    arrow_readable = [(s, t) for s, t in STAMPS if "," not in s]
     body = b"".join(b'u,s,A,1,"%s"\n' % s.encode() for s, _ in arrow_readable)
     fast = _parse_fast(body, NAMES)
     exact = _parse_exact(body, NAMES, 2)

@@ -155,3 +155,15 @@ def test_listens_naming_no_user_and_no_user_given_fail_up_front(tmp_path):
     path.write_text(json.dumps({"listened_at": 1, "track_metadata": {"artist_name": "A", "track_name": "T"}}) + "\n")
     with pytest.raises(InputError, match=f"^{path}: .*name no user.*pass --user NAME"):
         open_source(path)
+
+
+def test_a_time_outside_what_the_services_accept_is_rejected(tmp_path):
+    listen = {"user_name": "u", "track_metadata": {"artist_name": "A", "track_name": "T"}}
+    path = tmp_path / "listens.jsonl"
+    # 1899-12-31T23:59:59Z, 1900-01-01T00:00:00Z, 2200-01-01T00:00:00Z
+    path.write_text("\n".join(json.dumps(listen | {"listened_at": t}) for t in (-2208988801, -2208988800, 7258118400)))
+    rows, rejected = read_all(path)
+    assert [r["timestamp"] for r in rows] == [-2208988800]
+    assert [(r.line, r.reason, r.field) for r in rejected] == [(1, "invalid_timestamp", "listened_at"),
+                                                              (3, "invalid_timestamp", "listened_at")]  # fmt: skip
+    assert "is outside the times accepted, 1900-01-01 up to 2200-01-01 UTC" in rejected[0].message

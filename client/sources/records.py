@@ -18,16 +18,23 @@ from typing import Any, BinaryIO
 
 import pyarrow as pa
 
-from music_analytics.client.csv_source import MAX_DURATION, MAX_ROW_BYTES, BadRowError, Chunk, InputError, Rejection
+from music_analytics.client.csv_source import (
+    MAX_DURATION,
+    MAX_ROW_BYTES,
+    TIMESTAMP_RANGE,
+    BadRowError,
+    Chunk,
+    InputError,
+    Rejection,
+)
 from music_analytics.client.sources.inputs import Member
+from music_analytics.services.common.contract import MAX_TIMESTAMP, MIN_TIMESTAMP
 
 # As many rows as one stream message carries (client/encoding.py BATCH_ROWS).
 CHUNK_ROWS = 65_536
 # A JSON array is parsed whole (the standard library has no streaming JSON parser): a file over
 # this is refused up front. Spotify splits its history into files of about 12 MB.
 MAX_JSON_ARRAY_BYTES = 256 * 1024 * 1024
-# Epoch seconds of 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z: the range a CSV timestamp has.
-MIN_TIMESTAMP, MAX_TIMESTAMP = -62_135_596_800, 253_402_300_799
 
 Event = tuple[str, str, str, int, int]
 
@@ -270,8 +277,9 @@ def whole_number(value: Any, name: str, reason: str) -> int:
 
 
 def checked_timestamp(seconds: int, name: str) -> int:
-    if not MIN_TIMESTAMP <= seconds <= MAX_TIMESTAMP:
-        raise BadRecordError("invalid_timestamp", name, f"{name} {seconds} is outside the years 1 to 9999")
+    """``seconds`` if the services accept it (they refuse a whole batch holding one they do not)."""
+    if not MIN_TIMESTAMP <= seconds < MAX_TIMESTAMP:
+        raise BadRecordError("invalid_timestamp", name, f"{name} {seconds} {TIMESTAMP_RANGE}")
     return seconds
 
 
