@@ -242,7 +242,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_SERVICE
     except OSError as exc:
-        print(f"error: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+        print(f"error: cannot write results to {exc.filename}: {exc.strerror}", file=sys.stderr)
         return EXIT_INPUT
     document = to_json(result)
     out = Path(args.out)

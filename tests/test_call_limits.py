@@ -166,7 +166,8 @@ def test_cancel_and_deadline_are_recorded_as_go_middleware_spells_them(service_f
 
     # A response stream abandoned half-way: the client reads one message of many, then cancels.
     many_users = pa.table({"user_id": [f"u{i}" for i in range(50_000)], "song_id": ["s"] * 50_000,
-                           "artist": ["A"] * 50_000, "duration": pa.array([1] * 50_000, pa.uint32())})  # fmt: skip
+                           "artist": ["A"] * 50_000, "duration": pa.array([1] * 50_000, pa.uint32()),
+                           "timestamp": pa.array([0] * 50_000, pa.int64())})  # fmt: skip
     with grpc.insecure_channel(ub.address) as channel:
         stub = userbehavior_pb2_grpc.UserBehaviorServiceStub(channel)
         request = userbehavior_pb2.AnalyzeUsersRequest.FromString(count_plays_request(many_users).SerializeToString())
@@ -248,7 +249,8 @@ def test_request_fields_past_their_bounds_are_invalid_argument_and_counted(servi
 def distinct_songs_table(first: int, rows: int) -> pa.Table:
     ids = np.arange(first, first + rows)
     return pa.table({"user_id": ["u"] * rows, "song_id": [f"song-{i:09d}" for i in ids], "artist": ["A"] * rows,
-                     "duration": pa.array(np.ones(rows, dtype=np.uint32))})  # fmt: skip
+                     "duration": pa.array(np.ones(rows, dtype=np.uint32)),
+                     "timestamp": pa.array(np.zeros(rows, dtype=np.int64))})  # fmt: skip
 
 
 @pytest.mark.parametrize(
