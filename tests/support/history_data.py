@@ -5,7 +5,8 @@ depends on the time zone's rules: both DST changes of Europe/Berlin, America/New
 Australia/Sydney (southern: summer over new year) and Australia/Lord_Howe (a 30-minute DST) in
 2020-2024; the local midnights of year ends and of the leap days 2020-02-29 and 2024-02-29 in
 those zones and in Asia/Kolkata (+05:30) and Asia/Kathmandu (+05:45, whose 1986-01-01 began at
-00:15); and instants before 1970, down to Berlin's change from local mean time in 1893. Each
+00:15); and instants before 1970, down to Kathmandu's change from local mean time (an offset
+with seconds) in 1920. Nothing before 1900, the earliest time the services accept. Each
 instant is written in one of the forms the CSV rule allows (Z, numeric offsets such as +05:30,
 -0400 or +01, no zone, date only, a fraction, the leap second ``:60``). User and artist names have
 commas, quotes and non-ASCII letters; some users listen only in a few far-apart months.
@@ -87,8 +88,11 @@ def interesting_instants() -> list[int]:
                                    dt.datetime(2025, 1, 1, tzinfo=dt.UTC)))  # fmt: skip
     centres.update(transitions("Asia/Kathmandu", dt.datetime(1985, 12, 1, tzinfo=dt.UTC),
                                dt.datetime(1986, 2, 1, tzinfo=dt.UTC)))  # fmt: skip
-    centres.update(transitions("Europe/Berlin", dt.datetime(1893, 3, 1, tzinfo=dt.UTC),
-                               dt.datetime(1893, 5, 1, tzinfo=dt.UTC)))  # fmt: skip
+    # Kathmandu left local mean time (+05:41:16) in 1920; Kolkata had +06:30 in the war years.
+    centres.update(transitions("Asia/Kathmandu", dt.datetime(1919, 12, 1, tzinfo=dt.UTC),
+                               dt.datetime(1920, 2, 1, tzinfo=dt.UTC)))  # fmt: skip
+    centres.update(transitions("Asia/Kolkata", dt.datetime(1941, 1, 1, tzinfo=dt.UTC),
+                               dt.datetime(1946, 1, 1, tzinfo=dt.UTC)))  # fmt: skip
     days = [dt.date(y, 1, 1) for y in (*_YEARS, 2025)]
     days += [dt.date(2020, 2, 29), dt.date(2020, 3, 1), dt.date(2024, 2, 29), dt.date(2024, 3, 1)]
     days += [dt.date(2021, 4, 1), dt.date(2022, 11, 1), dt.date(1986, 1, 1), dt.date(1970, 1, 1)]
@@ -126,10 +130,12 @@ _FORMS = ("z", "z", "offset", "offset", "naive", "fraction", "short", "leap")
 _NEAR = (0, 1, -1, 59, -60, 900, -1800, 3599, -3600, 3601, 2 * 3600, -5 * 3600)
 
 
-def history_rows(rows: int = 3000, seed: int = 1986) -> list[tuple[str, str, str, str, str]]:
-    """``rows`` events (user_id, song_id, artist, duration, timestamp), in no particular order."""
+def history_rows(rows: int = 3000, seed: int = 1986, since: int | None = None) -> list[tuple[str, str, str, str, str]]:
+    """``rows`` events (user_id, song_id, artist, duration, timestamp), in no particular order; with
+    ``since`` (a year) none before it, so that the daily lists span years rather than a century."""
     rng = random.Random(seed)
-    centres = interesting_instants()
+    earliest = int(dt.datetime(since, 1, 1, tzinfo=dt.UTC).timestamp()) if since else None
+    centres = [t for t in interesting_instants() if earliest is None or t - 5 * 3600 >= earliest]
     out: list[tuple[str, str, str, str, str]] = []
 
     def add(user: str, ts: int, form: str | None = None, artists: tuple[str, ...] = ARTISTS) -> None:
@@ -138,7 +144,7 @@ def history_rows(rows: int = 3000, seed: int = 1986) -> list[tuple[str, str, str
         out.append((user, song, artist, str(rng.randint(1, 600)), _render(ts, form or rng.choice(_FORMS), rng)))
 
     # Date-only: the leap days and year ends, read as midnight UTC.
-    for day in ("2020-02-29", "2024-02-29", "2021-12-31", "2022-01-01", "1969-12-31"):
+    for day in ("2020-02-29", "2024-02-29", "2021-12-31", "2022-01-01", *(() if since else ("1969-12-31",))):
         for user in USERS[:3]:
             out.append((user, "s1", "Sigur Rós", "200", day))
     # The leap second as it happened: 2016-12-31T23:59:60Z is 2017-01-01T00:00:00Z.
@@ -165,10 +171,10 @@ def history_rows(rows: int = 3000, seed: int = 1986) -> list[tuple[str, str, str
     return out
 
 
-def write_history(path: Path, rows: int = 3000, seed: int = 1986, crlf: bool = False) -> Path:
-    """Write ``history_rows(rows, seed)`` as CSV (RFC 4180 quoting, header first) to ``path``."""
+def write_history(path: Path, rows: int = 3000, seed: int = 1986, crlf: bool = False, since: int | None = None) -> Path:
+    """Write ``history_rows(rows, seed, since)`` as CSV (RFC 4180 quoting, header first) to ``path``."""
     with path.open("w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, lineterminator="\r\n" if crlf else "\n")
         writer.writerow(HEADER)
-        writer.writerows(history_rows(rows, seed))
+        writer.writerows(history_rows(rows, seed, since))
     return path
