@@ -7,11 +7,16 @@ SERVING, then, ``--repeats`` times and alternating so both sides see the same ma
 * the pipeline: ``music-analytics run`` as its own process, wall time of that process;
 * DuckDB: ``tests/oracle.py`` (the same analytics in SQL, 2 threads) as its own process.
 
-Every pipeline result is compared with DuckDB's, key for key. Peak RSS comes from the kernel: ``wait4``
+Both compute the time statistics too, in ``--timezone``: the pipeline's ``listening_stats`` and its
+per-user JSON Lines (``--user-stats``), DuckDB's the same in SQL, its lines written by ``COPY``
+(``--no-stats``: neither does, as before they existed).
+
+Every pipeline result is compared with DuckDB's, key for key, and every per-user line with
+DuckDB's line for the same user. Peak RSS comes from the kernel: ``wait4``
 rusage for the client and DuckDB processes, ``VmHWM`` in ``/proc/PID/status`` for the long-running
 services (read just before they are stopped, so it covers every repeat of that configuration).
 
-    python bench/run.py [--sizes 1000000,10000000] [--repeats 3] [--replicas 1,2] [--quick]
+    python bench/run.py [--sizes 1000000,10000000] [--repeats 3] [--replicas 1,2] [--timezone Z] [--quick]
 
 prints a table and writes ``bench/results.json``. Exit code 0 when every run succeeded and matched.
 """
@@ -45,6 +50,8 @@ DEFAULT_OUT = ROOT / "bench" / "results.json"
 RATIO_TARGETS = {1_000_000: 1.2, 10_000_000: 1.5}
 RSS_TARGET_MB = 600
 QUICK_SIZE = 100_000
+# A zone with an offset, so that local time is really computed (UTC could take a shortcut).
+DEFAULT_TIMEZONE = "Europe/Berlin"
 
 
 @dataclass
@@ -153,6 +160,55 @@ def compare(pipeline: dict[str, Any], oracle: dict[str, Any], limit: int = 5) ->
     return problems
 
 
+def compare_stats(pipeline: dict[str, Any], oracle: dict[str, Any]) -> list[str]:
+    """Differences in the time statistics' section of the results JSON, named down to the entry."""
+    got, want = pipeline.get("listening_stats"), oracle["listening_stats"]
+    if not isinstance(got, dict):
+        return [f"listening_stats: pipeline has {_short(got)}"]
+    problems = []
+    for key in ("timezone", "first_ts", "last_ts", "top_artists", "daily_activity"):
+        if got.get(key) != want[key]:
+            problems.append(f"listening_stats.{key}: pipeline {_short(got.get(key))} != duckdb {_short(want[key])}")
+    activity = got.get("listening_activity") or {}
+    for period, entries in want["listening_activity"].items():
+        mine = activity.get(period)
+        if mine != entries:
+            mine = mine if isinstance(mine, list) else []
+            bad = next((i for i, (g, w) in enumerate(zip(mine, entries, strict=False)) if g != w), None)
+            if bad is None:
+                where = f"pipeline has {len(mine)} entries, duckdb {len(entries)}"
+            else:
+                where = f"first at [{bad}]: pipeline {_short(mine[bad])} != duckdb {_short(entries[bad])}"
+            problems.append(f"listening_stats.listening_activity.{period}: {where}")
+    return problems
+
+
+def compare_user_lines(pipeline: Path, oracle: Path, limit: int = 5) -> tuple[int, list[str]]:
+    """Every per-user line of the pipeline's JSON Lines against DuckDB's, both sorted by user_id:
+    (lines compared, differences). Streams both files: at 10M events they hold 200,000 users."""
+    problems: list[str] = []
+    compared = 0
+    with pipeline.open(encoding="utf-8") as got_file, oracle.open(encoding="utf-8") as want_file:
+        for number, (got_text, want_text) in enumerate(zip(got_file, want_file, strict=False), 1):
+            compared += 1
+            got, want = json.loads(got_text), json.loads(want_text)
+            if got != want:
+                if len(problems) < limit:
+                    keys = [k for k in want.keys() | got.keys() if got.get(k) != want.get(k)]
+                    problems.append(f"user line {number} ({_short(want.get('user_id'))}): {sorted(keys)} differ: "
+                                    f"pipeline {_short({k: got.get(k) for k in keys})} != "
+                                    f"duckdb {_short({k: want.get(k) for k in keys})}")  # fmt: skip
+                else:
+                    problems.append("")
+        rest_got, rest_want = sum(1 for _ in got_file), sum(1 for _ in want_file)
+    shown = [p for p in problems if p]
+    if len(problems) > len(shown):
+        shown.append(f"... {len(problems) - len(shown)} more user lines differ")
+    if rest_got or rest_want:
+        shown.append(f"user lines: pipeline has {compared + rest_got}, duckdb {compared + rest_want}")
+    return compared, shown
+
+
 def _short(value: Any, width: int = 200) -> str:
     text = json.dumps(value, ensure_ascii=False)
     return text if len(text) <= width else text[: width - 3] + "..."
@@ -185,6 +241,7 @@ def bench_size(events: int, args: argparse.Namespace, work: Path, table: list[di
         stages: dict[str, list[float]] = {}
         mismatches: list[str] = []
         failures: list[str] = []
+        lines_compared = 0
         with LocalServices(replicas=replicas, log_dir=logs) as services:
             target = {name: services.target(name) for name in ("mapreduce", "userbehavior", "recommendation")}
             # Per-address target syntax the client documents, also for one replica.
@@ -194,12 +251,15 @@ def bench_size(events: int, args: argparse.Namespace, work: Path, table: list[di
                 cmd = [sys.executable, "-m", "music_analytics.client", "run", "--data", str(path), "--out", str(out)]
                 for name, addr in target.items():
                     cmd += [f"--{name}", addr]
-                run = run_process(cmd, logs / f"client-{i}.log")
                 duck_out = logs / f"duckdb-{i}.json"
-                duck = run_process(
-                    [sys.executable, str(ORACLE), str(path), "--out", str(duck_out), "--threads", str(args.threads)],
-                    logs / f"duckdb-{i}.log",
-                )
+                duck_cmd = [sys.executable, str(ORACLE), str(path), "--out", str(duck_out)]
+                duck_cmd += ["--threads", str(args.threads)]
+                lines, duck_lines = logs / f"pipeline-{i}.users.jsonl", logs / f"duckdb-{i}.users.jsonl"
+                if args.stats:
+                    cmd += ["--timezone", args.timezone, "--user-stats", str(lines)]
+                    duck_cmd += ["--timezone", args.timezone, "--user-stats", str(duck_lines)]
+                run = run_process(cmd, logs / f"client-{i}.log")
+                duck = run_process(duck_cmd, logs / f"duckdb-{i}.log")
                 if duck.returncode:
                     duck_ok = False
                     failures.append(f"duckdb run {i} exited {duck.returncode}: {duck.stderr_tail}")
@@ -219,12 +279,22 @@ def bench_size(events: int, args: argparse.Namespace, work: Path, table: list[di
                     if isinstance(value, int | float):
                         stages.setdefault(key, []).append(value)
                 if not duck.returncode:
-                    problems = compare(document, json.loads(duck_out.read_text(encoding="utf-8")))
+                    duck_document = json.loads(duck_out.read_text(encoding="utf-8"))
+                    problems = compare(document, duck_document)
+                    if args.stats:
+                        problems += compare_stats(document, duck_document)
+                        count, line_problems = compare_user_lines(lines, duck_lines)
+                        lines_compared = count
+                        got_users = (document.get("user_stats") or {}).get("users")
+                        if got_users != duck_document["user_stats"]["users"]:
+                            line_problems.append(f"user_stats.users: pipeline {got_users} != "
+                                                 f"duckdb {duck_document['user_stats']['users']}")  # fmt: skip
+                        problems += line_problems
                     mismatches += [f"run {i}: {p}" for p in problems]
                 # The outputs of 10M runs are tens of MB each: keep only the last.
                 if i + 1 < args.repeats:
-                    out.unlink(missing_ok=True)
-                    duck_out.unlink(missing_ok=True)
+                    for written in (out, duck_out, lines, duck_lines):
+                        written.unlink(missing_ok=True)
                 print(
                     f"  {events:>11,} events, {replicas} replica(s), run {i + 1}/{args.repeats}: "
                     f"pipeline {run.wall:.2f} s, duckdb {duck.wall:.2f} s" + ("" if not mismatches else "  MISMATCH"),
@@ -254,6 +324,7 @@ def bench_size(events: int, args: argparse.Namespace, work: Path, table: list[di
             "events_per_second": round(events / statistics.median(walls)) if walls else None,
             "peak_rss_mb": peak,
             "results_match": matched,
+            "user_lines_compared": lines_compared,
             "mismatches": mismatches[:20],
             "failures": failures[:10],
         }
@@ -332,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replicas", type=_int_list, default=[1, 2], help="replica counts to compare (1,2)")
     p.add_argument("--seed", type=int, default=42, help="generator seed (42)")
     p.add_argument("--threads", type=int, default=2, help="DuckDB threads (2, the machine's cores)")
+    p.add_argument("--timezone", default=DEFAULT_TIMEZONE, help=f"zone of the time statistics ({DEFAULT_TIMEZONE})")
+    p.add_argument("--no-stats", dest="stats", action="store_false",
+                   help="neither side computes the time statistics (the benchmark before they existed)")  # fmt: skip
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where generated data is cached")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results JSON (bench/results.json)")
     p.add_argument("--work-dir", type=Path, default=None, help="keep logs and outputs here (default: temporary)")
@@ -380,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
             "replicas": args.replicas,
             "seed": args.seed,
             "duckdb_threads": args.threads,
+            "time_statistics": args.stats,
+            "timezone": args.timezone if args.stats else None,
             "generator_format_version": FORMAT_VERSION,
         },
         "sizes": sizes,

@@ -9,15 +9,17 @@ war-time +06:30, Berlin's pre-1970 changes); the other zones get the same data f
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from bench.run import compare_stats, compare_user_lines
 from music_analytics.client.demo import LocalServices
 from tests.conftest import run_pipeline
-from tests.oracle import oracle, oracle_stats
+from tests.oracle import oracle, oracle_stats, results_json
 from tests.support.history_data import ZONES, write_history
 from tests.support.oracle_match import assert_matches_oracle
 
@@ -102,3 +104,40 @@ def test_crlf_file_default_zone_and_path_equal_the_oracle(services: LocalService
     results = run_pipeline(services, data, tmp_path / "run.json")
     assert_time_statistics_match(results, tmp_path / "run.users.jsonl", data, "UTC")
     assert_matches_oracle(results, oracle(data))
+
+
+def test_the_benchmark_check_names_every_altered_statistic(
+    services: LocalServices, histories: dict[str, Path], tmp_path: Path
+) -> None:
+    """bench/run.py decides "equal" with compare_stats and compare_user_lines: on a real run's
+    output against the oracle's they find nothing, and each alteration is named."""
+    data = histories["recent"]
+    lines = tmp_path / "users.jsonl"
+    results = run_pipeline(services, data, tmp_path / "results.json", "--timezone", "Asia/Kolkata",
+                           "--user-stats", str(lines))  # fmt: skip
+    want = results_json(data, timezone="Asia/Kolkata", user_stats=tmp_path / "oracle.jsonl")
+    assert compare_stats(results, want) == []
+    assert compare_user_lines(lines, tmp_path / "oracle.jsonl") == (len(want["userbehavior_results"]["users"]), [])
+
+    altered = copy.deepcopy(results)
+    stats = altered["listening_stats"]
+    stats["top_artists"][0]["listen_count"] += 1
+    stats["daily_activity"].pop()
+    stats["listening_activity"]["day"][3]["to_ts"] += 1
+    stats["listening_activity"]["month"].pop(0)
+    problems = "\n".join(compare_stats(altered, want))
+    for what in ("listening_stats.top_artists", "listening_stats.daily_activity",
+                 "listening_activity.day: first at [3]", "listening_activity.month: first at [0]"):  # fmt: skip
+        assert what in problems, problems
+    assert compare_stats({}, want) == ["listening_stats: pipeline has null"]
+
+    original = lines.read_text(encoding="utf-8").splitlines()
+    user = json.loads(original[2])
+    user["listening_activity"]["year"][0]["listen_count"] += 1
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text("\n".join([*original[:2], json.dumps(user), *original[3:-1]]) + "\n", encoding="utf-8")
+    compared, line_problems = compare_user_lines(changed, tmp_path / "oracle.jsonl")
+    assert compared == len(original) - 1
+    named = json.dumps(user["user_id"], ensure_ascii=False)
+    assert f"user line 3 ({named}): ['listening_activity'] differ" in line_problems[0]
+    assert line_problems[-1] == f"user lines: pipeline has {len(original) - 1}, duckdb {len(original)}"
