@@ -6,9 +6,12 @@ system work (probes, addresses, NetworkPolicies, RBAC, Pod Security, monitoring 
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import json
 import re
+import zoneinfo
+from pathlib import PurePosixPath
 from typing import Any
 
 import helm_python as helm
@@ -16,6 +19,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from music_analytics.client.cli import build_parser, user_stats_path
+from music_analytics.client.sources import FORMATS
 from music_analytics.services.registry import SERVICES
 from tests.support.chart import (
     CHART,
@@ -80,6 +85,15 @@ def test_lint_strict_clean(name: str):
         ({"monitoring": {"serviceMonitor": {"enable": True}}}, "typo in monitoring"),
         ({"networkPolicy": {"kubernetesApi": {"cidrs": ["10.0.0.1"]}}}, "CIDR without prefix length"),
         ({"image": {"digest": "latest"}}, "malformed digest"),
+        ({"job": {"data": {"format": "mp3"}}}, "unknown input format"),
+        ({"job": {"data": {"format": "ListenBrainz"}}}, "format in the wrong case"),
+        ({"job": {"data": {"formats": "csv"}}}, "typo in job.data"),
+        ({"job": {"data": {"user": 7}}}, "user name that is not a string"),
+        ({"job": {"timeZone": "Europe/Berlin"}}, "case typo of job.timezone"),
+        ({"job": {"timezone": "Europe Berlin"}}, "time zone with a space"),
+        ({"job": {"resultsVolume": {"claimName": "keep"}}}, "unknown key in job.resultsVolume"),
+        ({"job": {"resultsVolume": {"persistentVolumeClaim": "Kept_Results"}}}, "claim name that is no DNS name"),
+        ({"job": {"resultsVolume": {"persistentVolumeClaim": {"claimName": "keep"}}}}, "claim as an object"),
     ],
 )
 def test_schema_rejects_bad_values(overrides: dict[str, Any], why: str):
@@ -437,6 +451,9 @@ def test_job_files_live_on_mounted_volumes(name: str):
     data_mount = next(m for p, m in mounts.items() if args["--data"].startswith(p + "/"))
     out_mount = next(m for p, m in mounts.items() if args["--out"].startswith(p + "/"))
     assert "emptyDir" in volumes[out_mount["name"]]  # writable although the root filesystem is read-only
+    assert not out_mount.get("readOnly")
+    # The per-user statistics go to the same writable volume.
+    assert args["--user-stats"].startswith(out_mount["mountPath"] + "/")
     assert "/tmp" in mounts and "emptyDir" in volumes[mounts["/tmp"]["name"]]
     data_volume = volumes[data_mount["name"]]
     relative = args["--data"].removeprefix(data_mount["mountPath"] + "/")
@@ -496,7 +513,7 @@ def test_job_fails_at_once_when_retrying_cannot_help(name: str):
         assert load_values(name)["job"]["results"]["configMap"] is False
 
 
-@pytest.mark.parametrize(("size", "expected"), [(None, "256Mi"), ("2Gi", "2Gi")])
+@pytest.mark.parametrize(("size", "expected"), [(None, "1Gi"), ("2Gi", "2Gi")])
 def test_results_volume_sized_from_values(size: str | None, expected: str):
     values = {} if size is None else {"job": {"resultsVolume": {"sizeLimit": size}}}
     job = pipeline_job(render_docs(values))
@@ -508,6 +525,169 @@ def test_results_volume_sized_from_values(size: str | None, expected: str):
     assert volume["emptyDir"]["sizeLimit"] == expected
     with pytest.raises(helm.HelmError):
         chart().validate_schema({"job": {"resultsVolume": {"sizeLimit": "lots"}}})
+
+
+def parsed_job_command(job: dict[str, Any]) -> argparse.Namespace:
+    """The Job's arguments as the client's own parser reads them."""
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["music-analytics"]
+    return build_parser().parse_args(container["args"])
+
+
+def results_volume(job: dict[str, Any]) -> dict[str, Any]:
+    """The volume the Job writes its results JSON to."""
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    out = parsed_job_command(job).out
+    mount = next(m for m in container["volumeMounts"] if out.startswith(m["mountPath"] + "/"))
+    return next(v for v in pod["volumes"] if v["name"] == mount["name"])
+
+
+def results_volume_mount_path(job: dict[str, Any]) -> str:
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == results_volume(job)["name"]]
+    return mount["mountPath"]
+
+
+def test_job_listening_options_default():
+    """UTC, the format told from the content, no --user, and the per-user file written beside the
+    results JSON, on the same volume."""
+    job = pipeline_job(render_docs({}))
+    args = parsed_job_command(job)
+    assert (args.timezone, args.format, args.user) == ("UTC", None, None)
+    assert args.user_stats == "/work/results/run_grpc_metrics.users.jsonl"
+    assert PurePosixPath(args.user_stats).parent == PurePosixPath(args.out).parent
+    # The path the chart passes is the one the client would choose by itself beside --out.
+    assert user_stats_path(args.out, None) == user_stats_path(args.out, args.user_stats)
+    assert chart().values["job"]["timezone"] == "UTC"
+    assert chart().values["job"]["data"]["format"] == "" and chart().values["job"]["data"]["user"] == ""
+
+
+@pytest.mark.parametrize(
+    ("timezone", "data_format", "user"),
+    [
+        ("Europe/Berlin", "listenbrainz", "rob"),
+        ("America/Argentina/Buenos_Aires", "lastfm-scrobbles", '-dash, "quoted" user: name #1 ünï'),
+        ("Etc/GMT+5", "spotify", "123"),
+        ("UTC", "csv", "-rob"),
+    ],
+)
+def test_job_listening_options_as_given(timezone: str, data_format: str, user: str):
+    """Each value reaches the client as given, whatever its characters: a user name starting with
+    "-", holding quotes, a colon or digits only still arrives as the name, as a string."""
+    values = {"job": {"timezone": timezone, "data": {"format": data_format, "user": user}}}
+    docs = render_docs(values)
+    job = pipeline_job(docs)
+    args = parsed_job_command(job)
+    assert (args.timezone, args.format, args.user) == (timezone, data_format, user)
+    assert args.user_stats == "/work/results/run_grpc_metrics.users.jsonl"
+    for kube in KUBE_VERSIONS:
+        kubernetes_validate.validate(job, kube, strict=True)
+
+
+def test_format_values_are_the_formats_the_client_reads():
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    allowed_formats = schema["properties"]["job"]["properties"]["data"]["properties"]["format"]["enum"]
+    assert sorted(allowed_formats) == sorted(["", *FORMATS])
+    for data_format in FORMATS:
+        assert parsed_job_command(pipeline_job(render_docs({"job": {"data": {"format": data_format}}}))).format == (
+            data_format
+        )
+
+
+def test_timezone_schema_accepts_every_iana_zone():
+    """The schema's pattern against the zone database (Python's zoneinfo, the one the client loads
+    zones from), then Helm's own validator on names of every shape."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    pattern = re.compile(schema["properties"]["job"]["properties"]["timezone"]["pattern"])
+    zones = zoneinfo.available_timezones()
+    assert len(zones) > 300 and "Europe/Berlin" in zones
+    assert not sorted(z for z in zones if not pattern.search(z))
+    for name in ("UTC", "Europe/Berlin", "America/Argentina/Buenos_Aires", "America/Port-au-Prince", "Etc/GMT-14",
+                 "EST5EDT", "GMT0"):  # fmt: skip
+        chart().validate_schema({"job": {"timezone": name}})
+
+
+@pytest.mark.parametrize(
+    "timezone", ["", "Europe/", "/Europe/Berlin", "Europe//Berlin", "../../etc/passwd", "-UTC", "UTC\n", "Z" * 65]
+)
+def test_timezone_schema_refuses_what_is_no_zone_name(timezone: str):
+    with pytest.raises(helm.HelmError, match="/job/timezone"):
+        chart().validate_schema({"job": {"timezone": timezone}})
+
+
+def test_bad_format_is_named_by_the_schema():
+    with pytest.raises(helm.HelmError, match="/job/data/format") as failure:
+        chart().render({"job": {"data": {"format": "itunes"}}}, name=RELEASE, namespace=NAMESPACE)
+    assert "listenbrainz" in str(failure.value)  # the allowed values are listed
+
+
+def test_results_volume_on_a_claim():
+    """With a claim the results and the per-user file land on it (no emptyDir, no size limit of
+    ours), the Job stays restricted and valid, and NOTES says how to copy the file out."""
+    values = {"job": {"resultsVolume": {"persistentVolumeClaim": "analytics-results"}}}
+    docs = render_docs(values)
+    job = pipeline_job(docs)
+    args = parsed_job_command(job)
+    volume = results_volume(job)
+    assert volume == {"name": volume["name"], "persistentVolumeClaim": {"claimName": "analytics-results"}}
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    assert not mount.get("readOnly")
+    for path in (args.out, args.user_stats):
+        assert path.startswith(mount["mountPath"] + "/"), path
+    assert_restricted("Job", job["spec"]["template"]["spec"])
+    for kube in KUBE_VERSIONS:
+        kubernetes_validate.validate(job, kube, strict=True)
+    # Without the claim: the emptyDir as before.
+    assert "emptyDir" in results_volume(pipeline_job(render_docs({})))
+
+
+def copy_pod_from_notes(notes: str) -> tuple[dict[str, Any], list[str]]:
+    """The Pod manifest NOTES gives to kubectl apply, and the kubectl commands after it."""
+    _, _, rest = notes.partition(" apply -f - <<'EOF'\n")
+    assert rest, "no copy-out pod in NOTES"
+    manifest, _, after = rest.partition("\nEOF\n")
+    block = after.split("\n\n", 1)[0]  # the commands up to the next section
+    return yaml.safe_load(manifest), [line.strip() for line in block.splitlines()]
+
+
+def test_notes_tell_how_to_copy_the_results_off_the_claim():
+    values = {"job": {"resultsVolume": {"persistentVolumeClaim": "analytics-results"}}}
+    rendered_files = chart().render(values, name=RELEASE, namespace=NAMESPACE, revision=REVISION)
+    notes = rendered_files["music-analytics/templates/NOTES.txt"]
+    job = pipeline_job(render_docs(values))
+    args = parsed_job_command(job)
+    pod, commands = copy_pod_from_notes(notes)
+    # A Pod the API server accepts under the "restricted" standard, in the release's namespace,
+    # mounting the claim read-only where the Job wrote to it, as the Job's group.
+    for kube in KUBE_VERSIONS:
+        kubernetes_validate.validate(pod, kube, strict=True)
+    assert_restricted("copy pod", pod["spec"])
+    assert pod["spec"]["securityContext"]["fsGroup"] == job["spec"]["template"]["spec"]["securityContext"]["fsGroup"]
+    (volume,) = pod["spec"]["volumes"]
+    assert volume["persistentVolumeClaim"] == {"claimName": "analytics-results", "readOnly": True}
+    (container,) = pod["spec"]["containers"]
+    assert container["image"] == job["spec"]["template"]["spec"]["containers"][0]["image"]
+    (mount,) = container["volumeMounts"]
+    assert mount["name"] == volume["name"] and mount["readOnly"] is True
+    assert mount["mountPath"] == results_volume_mount_path(job)
+    assert len(pod["metadata"]["name"]) <= 63
+    name = pod["metadata"]["name"]
+    assert f"kubectl -n {NAMESPACE} apply -f - <<'EOF'" in notes
+    copied = [c.split()[4].removeprefix(f"{name}:") for c in commands if c.startswith(f"kubectl -n {NAMESPACE} cp ")]
+    # Both files the Job writes, from where it writes them.
+    assert sorted(copied) == sorted([args.out, args.user_stats])
+    assert commands[0] == f"kubectl -n {NAMESPACE} wait --for=condition=Ready pod/{name} --timeout=120s"
+    assert commands[-1] == f"kubectl -n {NAMESPACE} delete pod {name}"
+
+
+def test_notes_say_the_per_user_file_goes_with_the_pod_without_a_claim():
+    notes = chart().render({}, name=RELEASE, namespace=NAMESPACE, revision=REVISION)[
+        "music-analytics/templates/NOTES.txt"
+    ]
+    assert "<<'EOF'" not in notes
+    assert "run_grpc_metrics.users.jsonl" in notes and "job.resultsVolume.persistentVolumeClaim" in notes
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
