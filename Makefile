@@ -56,9 +56,9 @@ test: $(TEST_STAMP) ## ruff and the whole test suite
 # replayed first next time. pytest's per-test timeout is lifted: one property may run for minutes.
 FUZZ_EXAMPLES ?= 5000
 
-fuzz: $(TEST_STAMP) ## fuzz the stream decoders and the CSV reader with FUZZ_EXAMPLES (5000) examples per property
+fuzz: $(TEST_STAMP) ## fuzz the stream decoders, the CSV reader and the importers with FUZZ_EXAMPLES (5000) examples per property
 	MUSIC_ANALYTICS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -ra --timeout=0 \
-		--hypothesis-show-statistics tests/test_fuzz_decoders.py tests/test_fuzz_csv.py
+		--hypothesis-show-statistics tests/test_fuzz_decoders.py tests/test_fuzz_csv.py tests/test_sources_fuzz.py
 
 bench: $(TEST_STAMP) ## pipeline against DuckDB at 1M and 10M events (data generated and cached in bench/data/)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
