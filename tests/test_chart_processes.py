@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from music_analytics.client.demo import free_port
+from tests.oracle import oracle_stats
 from tests.support.chart import by_kind, job_args, one, pipeline_job, render_docs
 from tests.support.rendered_pods import (
     container_env,
@@ -33,6 +34,9 @@ from tests.support.rendered_pods import (
     serving_line,
     wait_probe_serving,
 )
+
+# Not UTC, and with daylight saving time: a zone the Job ignored would show in every statistic.
+JOB_TIMEZONE = "Europe/Berlin"
 
 
 @dataclass
@@ -75,7 +79,7 @@ def handled_calls(metrics_port: int) -> float:
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory):
     """The rendered services, two replicas each, running as local processes."""
-    docs = render_docs({"default": {"replicas": 2}})
+    docs = render_docs({"default": {"replicas": 2}, "job": {"timezone": JOB_TIMEZONE}})
     root = tmp_path_factory.mktemp("cluster")
     workloads = []
     for dep in by_kind(docs, "Deployment"):
@@ -172,6 +176,14 @@ def test_job_command_completes_the_pipeline(deployed):
     assert results
     summary = json.loads(stored["data"]["summary.json"])
     assert summary, "the summary ConfigMap was written"
+    # The time statistics in the chart's time zone, site-wide in the summary and per user in the
+    # JSON Lines file where the chart says, both equal to the oracle's.
+    expected = oracle_stats(map_paths(parsed["--data"], mounts), JOB_TIMEZONE)
+    assert summary["listening_stats"] == expected["listening_stats"]
+    user_stats = Path(map_paths(parsed["--user-stats"], mounts))
+    assert summary["user_stats"] == {"path": str(user_stats), "users": len(expected["user_lines"])}
+    lines = [json.loads(line) for line in user_stats.read_text(encoding="utf-8").splitlines()]
+    assert lines == expected["user_lines"]
     # Work reached every service; the event streams are sharded across every pod behind the
     # headless Service (recommendation gets one call with the aggregates, so one pod suffices).
     for component, workload in workloads.items():
@@ -179,6 +191,29 @@ def test_job_command_completes_the_pipeline(deployed):
         assert sum(per_replica) > 0, (component, per_replica)
         if component in ("mapreduce", "userbehavior"):
             assert all(n > 0 for n in per_replica), (component, per_replica)
+
+
+def test_job_with_an_unknown_time_zone_fails_at_once(tmp_path: Path):
+    """A name the schema lets through but the zone database lacks: the Job's command exits with a
+    code its podFailurePolicy fails the Job on (no retries), before it dials any service."""
+    zone = "Mars/Olympus_Mons"
+    docs = render_docs({"job": {"timezone": zone}})
+    job = pipeline_job(docs)
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mounts = mount_volumes(pod, container, docs, tmp_path)
+    result = subprocess.run(
+        [*container["command"], *(map_paths(a, mounts) for a in container["args"])],
+        env=container_env(container, {"TMPDIR": str(mounts["/tmp"])}),
+        cwd=mounts["/tmp"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    (fail_rule,) = [r for r in job["spec"]["podFailurePolicy"]["rules"] if r["action"] == "FailJob"]
+    assert result.returncode in fail_rule["onExitCodes"]["values"], result
+    assert f"--timezone: unknown time zone {zone!r}" in result.stderr
+    assert not Path(map_paths(job_args(job)["--out"], mounts)).exists()
 
 
 def test_services_run_with_the_rendered_limits(deployed):
