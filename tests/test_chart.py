@@ -450,7 +450,12 @@ def test_job_files_live_on_mounted_volumes(name: str):
     args = job_args(job)
     data_mount = next(m for p, m in mounts.items() if args["--data"].startswith(p + "/"))
     out_mount = next(m for p, m in mounts.items() if args["--out"].startswith(p + "/"))
-    assert "emptyDir" in volumes[out_mount["name"]]  # writable although the root filesystem is read-only
+    # Writable although the root filesystem is read-only: an emptyDir, or the claim asked for.
+    claim = values.get("job", {}).get("resultsVolume", {}).get("persistentVolumeClaim")
+    if claim:
+        assert volumes[out_mount["name"]]["persistentVolumeClaim"] == {"claimName": claim}
+    else:
+        assert "emptyDir" in volumes[out_mount["name"]]
     assert not out_mount.get("readOnly")
     # The per-user statistics go to the same writable volume.
     assert args["--user-stats"].startswith(out_mount["mountPath"] + "/")
