@@ -8,8 +8,8 @@ SERVING, then, ``--repeats`` times and alternating so both sides see the same ma
 * DuckDB: ``tests/oracle.py`` (the same analytics in SQL, 2 threads) as its own process.
 
 Both compute the time statistics too, in ``--timezone``: the pipeline's ``listening_stats`` and its
-per-user JSON Lines (``--user-stats``), DuckDB's the same in SQL, its lines written by ``COPY``
-(``--no-stats``: neither does, as before they existed).
+per-user JSON Lines (``--user-stats``; the pipeline always writes them), DuckDB's the same in SQL,
+its lines written by ``COPY``.
 
 Every pipeline result is compared with DuckDB's, key for key, and every per-user line with
 DuckDB's line for the same user. Peak RSS comes from the kernel: ``wait4``
@@ -255,9 +255,8 @@ def bench_size(events: int, args: argparse.Namespace, work: Path, table: list[di
                 duck_cmd = [sys.executable, str(ORACLE), str(path), "--out", str(duck_out)]
                 duck_cmd += ["--threads", str(args.threads)]
                 lines, duck_lines = logs / f"pipeline-{i}.users.jsonl", logs / f"duckdb-{i}.users.jsonl"
-                if args.stats:
-                    cmd += ["--timezone", args.timezone, "--user-stats", str(lines)]
-                    duck_cmd += ["--timezone", args.timezone, "--user-stats", str(duck_lines)]
+                cmd += ["--timezone", args.timezone, "--user-stats", str(lines)]
+                duck_cmd += ["--timezone", args.timezone, "--user-stats", str(duck_lines)]
                 run = run_process(cmd, logs / f"client-{i}.log")
                 duck = run_process(duck_cmd, logs / f"duckdb-{i}.log")
                 if duck.returncode:
@@ -280,16 +279,13 @@ def bench_size(events: int, args: argparse.Namespace, work: Path, table: list[di
                         stages.setdefault(key, []).append(value)
                 if not duck.returncode:
                     duck_document = json.loads(duck_out.read_text(encoding="utf-8"))
-                    problems = compare(document, duck_document)
-                    if args.stats:
-                        problems += compare_stats(document, duck_document)
-                        count, line_problems = compare_user_lines(lines, duck_lines)
-                        lines_compared = count
-                        got_users = (document.get("user_stats") or {}).get("users")
-                        if got_users != duck_document["user_stats"]["users"]:
-                            line_problems.append(f"user_stats.users: pipeline {got_users} != "
-                                                 f"duckdb {duck_document['user_stats']['users']}")  # fmt: skip
-                        problems += line_problems
+                    problems = compare(document, duck_document) + compare_stats(document, duck_document)
+                    lines_compared, line_problems = compare_user_lines(lines, duck_lines)
+                    got_users = (document.get("user_stats") or {}).get("users")
+                    if got_users != duck_document["user_stats"]["users"]:
+                        line_problems.append(f"user_stats.users: pipeline {got_users} != "
+                                             f"duckdb {duck_document['user_stats']['users']}")  # fmt: skip
+                    problems += line_problems
                     mismatches += [f"run {i}: {p}" for p in problems]
                 # The outputs of 10M runs are tens of MB each: keep only the last.
                 if i + 1 < args.repeats:
@@ -404,8 +400,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42, help="generator seed (42)")
     p.add_argument("--threads", type=int, default=2, help="DuckDB threads (2, the machine's cores)")
     p.add_argument("--timezone", default=DEFAULT_TIMEZONE, help=f"zone of the time statistics ({DEFAULT_TIMEZONE})")
-    p.add_argument("--no-stats", dest="stats", action="store_false",
-                   help="neither side computes the time statistics (the benchmark before they existed)")  # fmt: skip
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where generated data is cached")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results JSON (bench/results.json)")
     p.add_argument("--work-dir", type=Path, default=None, help="keep logs and outputs here (default: temporary)")
@@ -454,8 +448,7 @@ def main(argv: list[str] | None = None) -> int:
             "replicas": args.replicas,
             "seed": args.seed,
             "duckdb_threads": args.threads,
-            "time_statistics": args.stats,
-            "timezone": args.timezone if args.stats else None,
+            "timezone": args.timezone,
             "generator_format_version": FORMAT_VERSION,
         },
         "sizes": sizes,
