@@ -179,7 +179,10 @@ def test_job_command_completes_the_pipeline(deployed):
     # The time statistics in the chart's time zone, site-wide in the summary and per user in the
     # JSON Lines file where the chart says, both equal to the oracle's.
     expected = oracle_stats(map_paths(parsed["--data"], mounts), JOB_TIMEZONE)
-    assert summary["listening_stats"] == expected["listening_stats"]
+    assert results["listening_stats"] == expected["listening_stats"]
+    # The summary leaves out the listens per day (one entry a day would outgrow a ConfigMap).
+    days = expected["listening_stats"]["listening_activity"].pop("day")
+    assert days and summary["listening_stats"] == expected["listening_stats"]
     user_stats = Path(map_paths(parsed["--user-stats"], mounts))
     assert summary["user_stats"] == {"path": str(user_stats), "users": len(expected["user_lines"])}
     lines = [json.loads(line) for line in user_stats.read_text(encoding="utf-8").splitlines()]
