@@ -134,3 +134,18 @@ def test_base_image_is_the_current_python_311_patch():
     assert dockerfile.group(1) == kind_mk.group(1)
     match = re.fullmatch(r"docker\.io/library/python:3\.11\.(\d+)-slim-bookworm", dockerfile.group(1))
     assert match and int(match.group(1)) >= 18, dockerfile.group(1)
+
+
+def test_every_python_package_of_the_tree_is_installed() -> None:
+    """setuptools installs the packages pyproject.toml lists, no more: a new folder of modules left
+    out works in the editable install of a checkout and is missing from the wheel the image holds."""
+    import tomllib
+
+    setuptools_config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    roots = {folder: name for name, folder in setuptools_config["package-dir"].items()}
+    found = set()
+    for folder, name in roots.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            relative = init.parent.relative_to(ROOT / folder)
+            found.add(".".join((name, *relative.parts)))
+    assert found - {"music_analytics.api"} <= set(setuptools_config["packages"])
