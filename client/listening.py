@@ -255,89 +255,118 @@ class UserLines:
         entries = self._entries(labels.take(keys), counts) if len(keys) else pa.array([], pa.string())
         return _group_concat(entries, ends)
 
-    def format(self, users: userbehavior_pb2.UserSummaries) -> pa.Array:
-        n = len(users.user_ids)
-        ta = users.top_artists
-        names, idx = _column(ta.names)
-        artist_entries = pc.binary_join_element_wise(
-            '{"artist":', json_strings(names).take(pa.array(idx)),
-            ',"listen_count":', _numbers(np.frombuffer(ta.counts, dtype="<u4")), "}", "",
-        )  # fmt: skip
-        ts = users.top_songs
+    def format(self, users: userbehavior_pb2.UserSummaries) -> Iterator[tuple[list[str], pa.Array]]:
+        """The users' ids and lines, ``SLICE_USERS`` users at a time: the text being built (several
+        times the size of the lines) stays small whatever the size of the message."""
+        ids = list(users.user_ids)
+        user_ids, top_artist = json_strings(pa.array(ids, pa.string())), pa.array(list(users.top_artist), pa.string())
+        total_time = np.asarray(users.total_time, dtype=np.uint64)
+        ta, ts, da, ma = users.top_artists, users.top_songs, users.daily_activity, users.monthly_activity
+        artist_names, artist_idx = _column(ta.names)
         song_names, song_idx = _column(ts.names)
-        song_artists, artist_idx = _column(ts.artists)
-        song_ids, id_idx = _column(ts.song_ids)
-        song_entries = pc.binary_join_element_wise(
-            '{"song":', json_strings(song_names).take(pa.array(song_idx)),
-            ',"artist":', json_strings(song_artists).take(pa.array(artist_idx)),
-            ',"song_id":', json_strings(song_ids).take(pa.array(id_idx)),
-            ',"listen_count":', _numbers(np.frombuffer(ts.counts, dtype="<u4")), "}", "",
-        )  # fmt: skip
-        da = users.daily_activity
-        cells = np.frombuffer(da.keys, dtype="<i4")
-        cell_entries = self._entries(_CELL_PREFIX.take(pa.array(cells)), np.frombuffer(da.counts, dtype="<u4"))
-        ma = users.monthly_activity
+        song_artists, song_artist_idx = _column(ts.artists)
+        song_ids, song_id_idx = _column(ts.song_ids)
+        artist_json, song_json = json_strings(artist_names), json_strings(song_names)
+        song_artist_json, song_id_json = json_strings(song_artists), json_strings(song_ids)
+        top_artist_json = json_strings(top_artist)
+        lists = {
+            "artists": (_ends(ta.ends), artist_idx, np.frombuffer(ta.counts, dtype="<u4")),
+            "songs": (_ends(ts.ends), np.frombuffer(ts.counts, dtype="<u4")),
+            "cells": (_ends(da.ends), np.frombuffer(da.keys, dtype="<i4"), np.frombuffer(da.counts, dtype="<u4")),
+        }
         m_ends, months, m_counts = _filled(
-            np.frombuffer(ma.ends, dtype="<u4"),
+            _ends(ma.ends),
             np.frombuffer(ma.keys, dtype="<i4").astype(np.int64),
             np.frombuffer(ma.counts, dtype="<u4").astype(np.int64),
         )
         y_ends, years, y_counts = _by_year(m_ends, months, m_counts)
-        lines = pc.binary_join_element_wise(
-            '{"user_id":', json_strings(pa.array(list(users.user_ids), pa.string())),
-            ',"total_time":', _numbers(np.asarray(users.total_time, dtype=np.uint64)),
-            ',"top_artist":', json_strings(pa.array(list(users.top_artist), pa.string())),
-            ',"top_artists":[', _group_concat(artist_entries, np.frombuffer(ta.ends, dtype="<u4")),
-            '],"top_songs":[', _group_concat(song_entries, np.frombuffer(ts.ends, dtype="<u4")),
-            '],"daily_activity":[', _group_concat(cell_entries, np.frombuffer(da.ends, dtype="<u4")),
-            '],"listening_activity":{"year":[', self._series(self._years, y_ends, years, y_counts),
-            '],"month":[', self._series(self._months, m_ends, months, m_counts),
-            "]}}\n", "",
-        )  # fmt: skip
-        assert len(lines) == n
-        return lines
+        for lo in range(0, len(ids), SLICE_USERS):
+            hi = min(lo + SLICE_USERS, len(ids))
+            a_ends, a, b = _part(lists["artists"][0], lo, hi)
+            artist_entries = pc.binary_join_element_wise(
+                '{"artist":', artist_json.take(pa.array(artist_idx[a:b])),
+                ',"listen_count":', _numbers(lists["artists"][2][a:b]), "}", "",
+            )  # fmt: skip
+            s_ends, a, b = _part(lists["songs"][0], lo, hi)
+            song_entries = pc.binary_join_element_wise(
+                '{"song":', song_json.take(pa.array(song_idx[a:b])),
+                ',"artist":', song_artist_json.take(pa.array(song_artist_idx[a:b])),
+                ',"song_id":', song_id_json.take(pa.array(song_id_idx[a:b])),
+                ',"listen_count":', _numbers(lists["songs"][1][a:b]), "}", "",
+            )  # fmt: skip
+            c_ends, a, b = _part(lists["cells"][0], lo, hi)
+            cell_entries = self._entries(_CELL_PREFIX.take(pa.array(lists["cells"][1][a:b])), lists["cells"][2][a:b])
+            mo_ends, a, b = _part(m_ends, lo, hi)
+            month_text = self._series(self._months, mo_ends, months[a:b], m_counts[a:b])
+            ye_ends, a, b = _part(y_ends, lo, hi)
+            year_text = self._series(self._years, ye_ends, years[a:b], y_counts[a:b])
+            lines = pc.binary_join_element_wise(
+                '{"user_id":', user_ids.slice(lo, hi - lo),
+                ',"total_time":', _numbers(total_time[lo:hi]),
+                ',"top_artist":', top_artist_json.slice(lo, hi - lo),
+                ',"top_artists":[', _group_concat(artist_entries, a_ends),
+                '],"top_songs":[', _group_concat(song_entries, s_ends),
+                '],"daily_activity":[', _group_concat(cell_entries, c_ends),
+                '],"listening_activity":{"year":[', year_text,
+                '],"month":[', month_text,
+                "]}}\n", "",
+            )  # fmt: skip
+            yield ids[lo:hi], lines
 
 
-def _data(lines: pa.Array) -> bytes:
-    """The concatenated text of ``lines`` (all of them)."""
+# Users formatted at once: the intermediate text is about four times the lines' ~3 KB per user.
+SLICE_USERS = 2048
+
+
+def _ends(raw: bytes) -> np.ndarray:
+    return np.frombuffer(raw, dtype="<u4").astype(np.int64)
+
+
+def _part(ends: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, int, int]:
+    """Users lo..hi of flattened lists: their ends, rebased, and the range of their entries."""
+    a = int(ends[lo - 1]) if lo else 0
+    b = int(ends[hi - 1]) if hi else 0
+    return ends[lo:hi] - a, a, b
+
+
+def _data(lines: pa.Array) -> pa.Buffer:
+    """The concatenated text of ``lines`` (all of them), without a copy."""
     if len(lines) == 0:
-        return b""
+        return pa.py_buffer(b"")
     offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=lines.offset + len(lines) + 1)
     start, stop = int(offsets[lines.offset]), int(offsets[-1])
-    return memoryview(lines.buffers()[2])[start:stop].tobytes()
+    return lines.buffers()[2][start:stop]
 
 
-def _merged(shards: list[list[userbehavior_pb2.UserSummaries]], timezone: str) -> Iterator[bytes]:
+def _merged(shards: list[list[userbehavior_pb2.UserSummaries]], timezone: str) -> Iterator[pa.Buffer]:
     """Every user's line in user_id order. Each shard's messages are in user_id order already, and
-    a user lives in one shard only: a merge, a window of messages at a time."""
+    a user lives in one shard only: a merge, a slice of users at a time from each shard."""
     formatter = UserLines(timezone)
 
-    def load(queue: list) -> tuple[list[str], pa.Array] | None:
-        while queue:
-            m = queue.pop()
+    def slices(messages: list[userbehavior_pb2.UserSummaries]) -> Iterator[tuple[list[str], pa.Array]]:
+        for m in messages:
             if len(m.user_ids):
-                return list(m.user_ids), formatter.format(m)
-        return None
+                yield from formatter.format(m)
 
     states = []
     for shard in shards:
-        queue = list(reversed(shard))
-        head = load(queue)
+        source = slices(shard)
+        head = next(source, None)
         if head is not None:
-            states.append([queue, *head])
+            states.append([source, *head])
     while states:
         bound = min(ids[-1] for _, ids, _ in states)
         ids_window: list[str] = []
         lines_window = []
         for state in states:
-            queue, ids, lines = state
+            source, ids, lines = state
             cut = _upper_bound(ids, bound)
             ids_window.extend(ids[:cut])
             lines_window.append(lines.slice(0, cut))
             if cut < len(ids):
                 state[1], state[2] = ids[cut:], lines.slice(cut)
             else:
-                head = load(queue)
+                head = next(source, None)
                 state[1:] = head if head is not None else (None, None)
         states = [s for s in states if s[1] is not None]
         lines_window = [lines for lines in lines_window if len(lines)]

@@ -15,6 +15,7 @@ import orjson
 import pyarrow as pa
 import pytest
 
+from music_analytics.client import listening
 from music_analytics.client.listening import site_stats, write_user_stats
 from music_analytics.services.common import columns
 from music_analytics.services.common.clock import LocalClock, UnknownTimeZoneError
@@ -154,6 +155,8 @@ def _brute_force(events: list, zone_name: str) -> tuple[dict, dict]:
 def small_flushes(monkeypatch):
     monkeypatch.setattr(columns.PendingBatches, "MIN_ROWS", 500)
     monkeypatch.setattr(columns.KeyCounter, "RUN_ROWS", 900)
+    # Lines built a few users at a time, so slices end inside and at the end of messages.
+    monkeypatch.setattr(listening, "SLICE_USERS", 3)
 
 
 @pytest.mark.parametrize("zone", ZONES)
