@@ -325,6 +325,20 @@ def _listening_stats(con: duckdb.DuckDBPyConnection, timezone: str) -> dict[str,
     }
 
 
+def first_difference(got: object, want: object, where: str = "") -> str | None:
+    """The path to the first entry where two JSON values differ, with both values, or None: a
+    mismatch with the oracle named down to one number of one period of one user."""
+    if isinstance(want, dict) and isinstance(got, dict):
+        if got.keys() != want.keys():
+            return f"{where}: keys {sorted(got)}, expected {sorted(want)}"
+        return next((d for k in want if (d := first_difference(got[k], want[k], f"{where}.{k}"))), None)
+    if isinstance(want, list) and isinstance(got, list):
+        pairs = enumerate(zip(got, want, strict=False))
+        found = next((d for i, (g, w) in pairs if (d := first_difference(g, w, f"{where}[{i}]"))), None)
+        return found or (f"{where}: {len(got)} entries, expected {len(want)}" if len(got) != len(want) else None)
+    return None if got == want and type(got) is type(want) else f"{where}: got {got!r}, expected {want!r}"
+
+
 def oracle(path: str | Path, threads: int | None = None) -> dict[str, Any]:
     """The analytics of ``path``: ``top_songs`` ([key, count] x 10), ``song_counts`` (key -> count),
     ``users`` (user_id -> {total_time, top_artist}), ``top_users``, ``trending``, ``recommendations``."""

@@ -19,7 +19,7 @@ import pytest
 from bench.run import compare_stats, compare_user_lines
 from music_analytics.client.demo import LocalServices
 from tests.conftest import run_pipeline
-from tests.oracle import oracle, oracle_stats, results_json
+from tests.oracle import first_difference, oracle, oracle_stats, results_json
 from tests.support.history_data import ZONES, write_history
 from tests.support.oracle_match import assert_matches_oracle
 
@@ -40,19 +40,6 @@ def histories(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def three_replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServices]:
     with LocalServices(replicas=3, log_dir=tmp_path_factory.mktemp("service-logs")) as running:
         yield running
-
-
-def first_difference(got: object, want: object, where: str) -> str | None:
-    """The path to the first entry where two JSON values differ, with both values, or None."""
-    if isinstance(want, dict) and isinstance(got, dict):
-        if got.keys() != want.keys():
-            return f"{where}: keys {sorted(got)}, expected {sorted(want)}"
-        return next((d for k in want if (d := first_difference(got[k], want[k], f"{where}.{k}"))), None)
-    if isinstance(want, list) and isinstance(got, list):
-        pairs = enumerate(zip(got, want, strict=False))
-        found = next((d for i, (g, w) in pairs if (d := first_difference(g, w, f"{where}[{i}]"))), None)
-        return found or (f"{where}: {len(got)} entries, expected {len(want)}" if len(got) != len(want) else None)
-    return None if got == want and type(got) is type(want) else f"{where}: got {got!r}, expected {want!r}"
 
 
 def assert_time_statistics_match(results: dict, lines_path: Path, data: Path, timezone: str) -> None:

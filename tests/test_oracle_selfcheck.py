@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from tests.oracle import UnknownTimeZoneError, oracle, oracle_events, oracle_stats, results_json
+from tests.oracle import UnknownTimeZoneError, first_difference, oracle, oracle_events, oracle_stats, results_json
 from tests.support.history_data import ZONES, write_history
 
 ORACLE_SCRIPT = Path(__file__).resolve().parent / "oracle.py"
@@ -298,19 +298,6 @@ def brute_stats(path: Path, timezone: str) -> dict:
     return {"listening_stats": site, "user_lines": lines}
 
 
-def first_difference(got: object, want: object, where: str = "") -> str | None:
-    """Where two JSON-like values first differ, for a readable failure."""
-    if isinstance(want, dict) and isinstance(got, dict):
-        if got.keys() != want.keys():
-            return f"{where}: keys {sorted(got)} != {sorted(want)}"
-        return next((d for k in want if (d := first_difference(got[k], want[k], f"{where}.{k}"))), None)
-    if isinstance(want, list) and isinstance(got, list):
-        pairs = enumerate(zip(got, want, strict=False))
-        found = next((d for i, (g, w) in pairs if (d := first_difference(g, w, f"{where}[{i}]"))), None)
-        return found or (f"{where}: length {len(got)} != {len(want)}" if len(got) != len(want) else None)
-    return None if got == want and type(got) is type(want) else f"{where}: {got!r} != {want!r}"
-
-
 @pytest.fixture(scope="module")
 def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_history(tmp_path_factory.mktemp("history") / "history.csv")
@@ -391,3 +378,14 @@ def test_script_writes_listening_stats_and_the_user_lines(history: Path, tmp_pat
         *("mapreduce_results", "userbehavior_results", "recommendation_results"),
         *("events_processed", "oracle_seconds"),
     }
+
+
+def test_first_difference_names_the_entry() -> None:
+    """The comparison behind every time-statistics test: not vacuous, and strict about types."""
+    want = {"a": [1, {"b": 2}], "c": "x"}
+    assert first_difference({"a": [1, {"b": 2}], "c": "x"}, want) is None
+    assert first_difference({"a": [1, {"b": 3}], "c": "x"}, want) == ".a[1].b: got 3, expected 2"
+    assert first_difference({"a": [1], "c": "x"}, want) == ".a: 1 entries, expected 2"
+    assert first_difference({"a": [1, {"b": 2}]}, want, "r") == "r: keys ['a'], expected ['a', 'c']"
+    assert first_difference({"a": [True, {"b": 2}], "c": "x"}, want) == ".a[0]: got True, expected 1"
+    assert first_difference({"a": [1.0, {"b": 2}], "c": "x"}, want) == ".a[0]: got 1.0, expected 1"
