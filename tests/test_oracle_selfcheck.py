@@ -303,7 +303,8 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_history(tmp_path_factory.mktemp("history") / "history.csv")
 
 
-@pytest.mark.parametrize("timezone", [*ZONES, "America/Santiago", "Pacific/Chatham"])
+# Havana and Amman (until 2022) ended DST at 01:00, going back to 00:00: their midnights came twice.
+@pytest.mark.parametrize("timezone", [*ZONES, "America/Santiago", "Pacific/Chatham", "America/Havana", "Asia/Amman"])
 def test_time_statistics_equal_a_brute_force_computation(history: Path, timezone: str) -> None:
     got, want = oracle_stats(history, timezone), brute_stats(history, timezone)
     assert (d := first_difference(got, want)) is None, d
