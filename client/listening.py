@@ -9,8 +9,9 @@ cost more than the whole analysis.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from music_analytics.api import events_pb2, userbehavior_pb2
+from music_analytics.client.merge import UserResult
 from music_analytics.services.common.clock import LocalClock
 from music_analytics.services.common.contract import TOP_ARTISTS, top_ranked
 
-__all__ = ["DAY_NAMES", "Periods", "site_stats", "write_user_stats"]
+__all__ = ["DAY_NAMES", "Periods", "UserStatsSink", "site_stats"]
 
 DAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 _DAY = 86400
@@ -338,63 +340,106 @@ def _data(lines: pa.Array) -> pa.Buffer:
     return lines.buffers()[2][start:stop]
 
 
-def _merged(shards: list[list[userbehavior_pb2.UserSummaries]], timezone: str) -> Iterator[pa.Buffer]:
-    """Every user's line in user_id order. Each shard's messages are in user_id order already, and
-    a user lives in one shard only: a merge, a slice of users at a time from each shard."""
-    formatter = UserLines(timezone)
+class UserStatsSink:
+    """Takes UserBehavior's per-user messages as they arrive, shard by shard: keeps every user's
+    summary for the results JSON and writes their statistics' lines to a file per shard at once,
+    so the messages are never all held and the lines are written while the services still work.
 
-    def slices(messages: list[userbehavior_pb2.UserSummaries]) -> Iterator[tuple[list[str], pa.Array]]:
-        for m in messages:
-            if len(m.user_ids):
-                yield from formatter.format(m)
+    A shard whose replica is lost is answered again from the start by its replacement: opening
+    the shard's handler anew starts its part over. ``finish`` merges the parts in user_id order
+    (each shard's answer is in that order already).
+    """
 
-    states = []
-    for shard in shards:
-        source = slices(shard)
-        head = next(source, None)
-        if head is not None:
-            states.append([source, *head])
-    while states:
-        bound = min(ids[-1] for _, ids, _ in states)
-        ids_window: list[str] = []
-        lines_window = []
-        for state in states:
-            source, ids, lines = state
-            cut = _upper_bound(ids, bound)
-            ids_window.extend(ids[:cut])
-            lines_window.append(lines.slice(0, cut))
-            if cut < len(ids):
-                state[1], state[2] = ids[cut:], lines.slice(cut)
-            else:
-                head = next(source, None)
-                state[1:] = head if head is not None else (None, None)
-        states = [s for s in states if s[1] is not None]
-        lines_window = [lines for lines in lines_window if len(lines)]
-        if len(lines_window) == 1:
-            yield _data(lines_window[0])
-        elif lines_window:
-            window = pa.concat_arrays(lines_window)
-            order = pc.sort_indices(pa.array(ids_window, pa.string()))
-            yield _data(window.take(order))
+    def __init__(self, timezone: str, path: Path | None) -> None:
+        self._timezone = timezone
+        self._path = path
+        self._parts: dict[int, _ShardPart] = {}
 
+    def handler(self, shard: int) -> Callable[[userbehavior_pb2.AnalyzeUsersResponse], bool]:
+        old = self._parts.pop(shard, None)
+        if old is not None:
+            old.discard()
+        part = self._parts[shard] = _ShardPart(self._timezone, self._part_path(shard))
+        return part.take
 
-def _upper_bound(ids: list[str], bound: str) -> int:
-    lo, hi = 0, len(ids)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if ids[mid] <= bound:
-            lo = mid + 1
+    def _part_path(self, shard: int) -> Path | None:
+        if self._path is None:
+            return None
+        return self._path.with_name(f".{self._path.name}.shard{shard}.tmp")
+
+    def users(self) -> list[UserResult]:
+        """Every user's summary, by user_id."""
+        users = [u for part in self._parts.values() for u in part.users]
+        users.sort(key=attrgetter("user_id"))
+        return users
+
+    def finish(self) -> int:
+        """Close the parts and write the per-user file (if asked for); returns its users."""
+        parts = [self._parts[s] for s in sorted(self._parts)]
+        for part in parts:
+            part.close()
+        count = sum(len(part.users) for part in parts)
+        if self._path is None:
+            return count
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._path.with_name(self._path.name + ".tmp")
+        if len(parts) == 1:
+            os.replace(parts[0].path, tmp)
         else:
-            hi = mid
-    return lo
+            _merge_parts(parts, tmp)
+        os.replace(tmp, self._path)
+        return count
+
+    def discard(self) -> None:
+        for part in self._parts.values():
+            part.discard()
 
 
-def write_user_stats(shards: list[list[userbehavior_pb2.UserSummaries]], timezone: str, path: Path) -> int:
-    """Write every user's statistics as JSON Lines, sorted by user_id, atomically; returns the users."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        for data in _merged(shards, timezone):
-            f.write(data)
-    os.replace(tmp, path)
-    return sum(len(m.user_ids) for s in shards for m in s)
+class _ShardPart:
+    def __init__(self, timezone: str, path: Path | None) -> None:
+        self.path = path
+        self.users: list[UserResult] = []
+        self._lines = UserLines(timezone)
+        self._file = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = path.open("wb")
+
+    def take(self, response: userbehavior_pb2.AnalyzeUsersResponse) -> bool:
+        if response.WhichOneof("payload") != "users":
+            return False
+        u = response.users
+        self.users.extend(map(UserResult, u.user_ids, u.total_time, u.top_artist))
+        if self._file is not None and len(u.user_ids):
+            for _, lines in self._lines.format(u):
+                self._file.write(_data(lines))
+        return True
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def discard(self) -> None:
+        self.close()
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def _merge_parts(parts: list[_ShardPart], out: Path) -> None:
+    """Interleave the parts' lines in user_id order: one sort of every user id, then each part's
+    file read once, in order."""
+    ids = pa.array([u.user_id for part in parts for u in part.users], pa.string())
+    shard_of = np.repeat(np.arange(len(parts)), [len(part.users) for part in parts])
+    order = shard_of[pc.sort_indices(ids).to_numpy()]
+    files = [part.path.open("rb") for part in parts]
+    try:
+        with out.open("wb") as f:
+            readers = [file.readline for file in files]
+            write = f.write
+            for shard in order.tolist():
+                write(readers[shard]())
+    finally:
+        for file in files:
+            file.close()
+    for part in parts:
+        part.discard()

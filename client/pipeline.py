@@ -20,7 +20,7 @@ import pyarrow as pa
 from music_analytics.api import mapreduce_pb2, recommendation_pb2, userbehavior_pb2
 from music_analytics.client.csv_source import Chunk, Rejection
 from music_analytics.client.encoding import batches
-from music_analytics.client.listening import site_stats, write_user_stats
+from music_analytics.client.listening import UserStatsSink, site_stats
 from music_analytics.client.merge import UserResult, merge_songs, merge_users
 from music_analytics.client.recommend import recommend
 from music_analytics.client.replicas import Endpoint, Replicas, ServiceError, ServiceInfo
@@ -107,6 +107,8 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         replay,
         config.wait_ready,
     )
+    # Per-user answers are written out as they arrive, never all held (see UserStatsSink).
+    user_stats = UserStatsSink(config.timezone, config.user_stats)
     userbehavior = ShardedStream(
         Replicas(USERBEHAVIOR, targets[USERBEHAVIOR], config.tls),
         "user_id",
@@ -115,6 +117,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         replay,
         config.wait_ready,
         userbehavior_pb2.AnalyzeUsersRequest(timezone=config.timezone).SerializeToString(),
+        user_stats.handler,
     )
     recommendation = Replicas(RECOMMENDATION, targets[RECOMMENDATION], config.tls)
     streams = (mapreduce, userbehavior)
@@ -154,18 +157,12 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         ub_answers = userbehavior.finish(None)
         ub_done = time.perf_counter()
         top_songs, distinct_songs, mr_events = merge_songs(mr_answers)
-        users, top_users, ub_events = merge_users(ub_answers)
+        _, top_users, ub_events = merge_users(ub_answers)
         listening_stats = site_stats(
             (a.activity for a in ub_answers if a.WhichOneof("payload") == "top_users"), config.timezone
         )
-        del ub_answers
-        user_stats_users = 0
-        if config.user_stats is not None:
-            shards = [
-                [r.users for r in call.responses if r.WhichOneof("payload") == "users"] for call in userbehavior.calls
-            ]
-            user_stats_users = write_user_stats(shards, config.timezone, config.user_stats)
-            del shards
+        users = user_stats.users()
+        user_stats_users = user_stats.finish() if config.user_stats is not None else 0
         user_stats_done = time.perf_counter()
         for name, counted in (("mapreduce", mr_events), ("userbehavior", ub_events)):
             if counted != events:
@@ -176,6 +173,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
             raise ServiceError(f"recommendation answered for {len(recommendations)} of {len(users)} users")
         done = time.perf_counter()
     finally:
+        user_stats.discard()
         for stream in streams:
             stream.close()
         recommendation.close()

@@ -38,9 +38,16 @@ class StreamCall:
     """One streaming call fed from a bounded queue (backpressure), answered in a thread."""
 
     def __init__(
-        self, endpoint: Endpoint, deserializer: Callable[[bytes], Any], unary_response: bool, settings: bytes = b""
+        self,
+        endpoint: Endpoint,
+        deserializer: Callable[[bytes], Any],
+        unary_response: bool,
+        settings: bytes = b"",
+        consume: Callable[[Any], bool] | None = None,
     ) -> None:
         self.endpoint = endpoint
+        # Sees each response as it arrives, in the call's thread; those it takes are not kept.
+        self._consume = consume
         # The call's settings (a request with no events), merged into its first message: protobuf
         # reads concatenated messages as one, and a message without events would be refused.
         self._settings = settings
@@ -70,7 +77,9 @@ class StreamCall:
             if self._unary:
                 self.responses = [self._call(self._requests())]
             else:
-                self.responses = list(self._call(self._requests()))
+                for response in self._call(self._requests()):
+                    if self._consume is None or not self._consume(response):
+                        self.responses.append(response)
         except Exception as exc:
             self.error = exc
         finally:
@@ -108,6 +117,7 @@ class ShardedStream:
         replay: Callable[[int | None], Iterator[Chunk]],
         recovery_wait: float,
         settings: bytes = b"",
+        consumer: Callable[[int], Callable[[Any], bool]] | None = None,
     ) -> None:
         self.replicas = replicas
         self.service = replicas.service
@@ -117,6 +127,8 @@ class ShardedStream:
         self._replay = replay
         self._recovery_wait = recovery_wait
         self._settings = settings
+        # A shard's response handler, made anew each time the shard's call is (re)opened.
+        self._consumer = consumer
         self.calls: list[StreamCall] = []
         self.recoveries = 0
 
@@ -126,10 +138,11 @@ class ShardedStream:
 
     def connect(self, deadline: float, expected: int | None) -> None:
         """Wait for the replicas to serve (see Replicas.wait); one shard per serving replica."""
-        self.calls = [self._open(e) for e in self.replicas.wait(deadline, expected)]
+        self.calls = [self._open(e, s) for s, e in enumerate(self.replicas.wait(deadline, expected))]
 
-    def _open(self, endpoint: Endpoint) -> StreamCall:
-        return StreamCall(endpoint, self._deserializer, self._unary, self._settings)
+    def _open(self, endpoint: Endpoint, shard: int) -> StreamCall:
+        consume = self._consumer(shard) if self._consumer is not None else None
+        return StreamCall(endpoint, self._deserializer, self._unary, self._settings, consume)
 
     def _split(self, table: pa.Table) -> list[pa.Table]:
         """The rows of ``table`` that belong to each shard."""
@@ -179,7 +192,7 @@ class ShardedStream:
                         },
                     )
                     self.recoveries += 1
-                call = self.calls[s] = self._open(endpoint)
+                call = self.calls[s] = self._open(endpoint, s)
                 if self._replay_into(call, s, upto):
                     break
 

@@ -15,8 +15,9 @@ import orjson
 import pyarrow as pa
 import pytest
 
+from music_analytics.api import userbehavior_pb2
 from music_analytics.client import listening
-from music_analytics.client.listening import site_stats, write_user_stats
+from music_analytics.client.listening import UserStatsSink, site_stats
 from music_analytics.services.common import columns
 from music_analytics.services.common.clock import LocalClock, UnknownTimeZoneError
 from music_analytics.services.userbehavior.analytics import UserStats
@@ -171,7 +172,18 @@ def test_statistics_equal_a_brute_force_computation(tmp_path, small_flushes, zon
         messages.append([summaries_message(chunk) for chunk in stats.summaries(chunk=7)])
         activities.append(site_activity_message(stats.site_activity()))
     path = tmp_path / "users.jsonl"
-    assert write_user_stats(messages, zone, path) == len({e[0] for e in events})
+    sink = UserStatsSink(zone, path)
+    for shard, shard_messages in enumerate(messages):
+        take = sink.handler(shard)
+        # A replica lost half-way through its answer: its replacement answers again from the start.
+        for m in shard_messages[: len(shard_messages) // 2]:
+            assert take(userbehavior_pb2.AnalyzeUsersResponse(users=m))
+        take = sink.handler(shard)
+        for m in shard_messages:
+            assert take(userbehavior_pb2.AnalyzeUsersResponse(users=m))
+    assert sink.finish() == len({e[0] for e in events})
+    assert [u.user_id for u in sink.users()] == sorted({e[0] for e in events})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["users.jsonl"]  # the parts are gone
     site, users = _brute_force(events, zone)
 
     lines = path.read_bytes().splitlines()

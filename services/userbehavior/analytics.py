@@ -23,6 +23,8 @@ _ITEM_BITS = 32
 _MONTH_BITS = 16
 _MONTH_BIAS = 1 << (_MONTH_BITS - 1)
 _WHEN_BITS = 8 + _MONTH_BITS
+# Keys read back per range at the end: each range's temporaries are about 20 arrays of this size.
+_RANGE_ROWS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -150,13 +152,13 @@ class _ListBuilder:
 
     def add(self, users: np.ndarray, keys: np.ndarray, counts: np.ndarray) -> None:
         self._users.append(users)
-        self._keys.append(keys.astype(np.int64))
+        # Every key kind fits 32 bits (ids, cells, months): the lists of every user are held at once.
+        self._keys.append(keys.astype(np.int32))
         self._counts.append(counts.astype(np.uint32))
 
     def build(self, n_users: int) -> Lists:
         if not self._users:
-            z = np.empty(0, dtype=np.int64)
-            return Lists(np.zeros(n_users, dtype=np.uint32), z, z.astype(np.uint32))
+            return Lists(np.zeros(n_users, dtype=np.uint32), np.empty(0, np.int32), np.empty(0, np.uint32))
         users = np.concatenate(self._users)
         ends = np.cumsum(np.bincount(users, minlength=n_users)).astype(np.uint32)
         return Lists(ends, np.concatenate(self._keys), np.concatenate(self._counts))
@@ -326,7 +328,7 @@ class UserStats:
         artist_rank[pc.sort_indices(self._artists.values).to_numpy()] = np.arange(len(self._artists))
         low = (1 << _ITEM_BITS) - 1
         top_songs, top_artists = _ListBuilder(), _ListBuilder()
-        for keys, counts in self._user_songs.merged(align_bits=_ITEM_BITS):
+        for keys, counts in self._user_songs.merged(rows=_RANGE_ROWS, align_bits=_ITEM_BITS):
             users, songs = keys >> _ITEM_BITS, keys & low
             # Artists from the songs as they were played, before songs spelling one key are merged.
             by_artist, artist_counts = _sum_unsorted((users << _ITEM_BITS) | song_artist[songs], counts)
@@ -338,7 +340,7 @@ class UserStats:
             best = top_per_group(users, songs, counts, song_rank, TOP_PER_USER)
             top_songs.add(users[best], songs[best], counts[best])
         cells, months = _ListBuilder(), _ListBuilder()
-        for keys, counts in self._when.merged(align_bits=_WHEN_BITS):
+        for keys, counts in self._when.merged(rows=_RANGE_ROWS, align_bits=_WHEN_BITS):
             users = keys >> _WHEN_BITS
             # Keys are sorted by (user, cell, month): (user, cell) runs are contiguous.
             by_cell, cell_counts = _sum_sorted(keys >> _MONTH_BITS, counts)
