@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +114,31 @@ def test_invalid_record_is_invalid_argument_and_names_the_field(services):
                    "music.v1.MapReduceService/CountPlays")  # fmt: skip
     assert proc.returncode == 64 + 3, proc.stderr  # InvalidArgument
     assert "events[1].user_id is empty" in proc.stderr
+
+
+def test_per_record_call_to_userbehavior_counts_hours_in_the_zone_asked_for(services):
+    # 2024-01-01T00:00:00Z is Monday 01:00 in Berlin (UTC+1 in winter), Sunday 19:00 in New York.
+    for zone, cell in (("Europe/Berlin", 0 * 24 + 1), ("America/New_York", 6 * 24 + 19)):
+        body = json.loads(records(*EVENTS)) | {"timezone": zone}
+        proc = grpcurl("-d", json.dumps(body), services.processes["userbehavior"][0].address,
+                       "music.v1.UserBehaviorService/AnalyzeUsers")  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        replies = [json.loads(part) for part in proc.stdout.replace("}\n{", "}\x00{").split("\x00")]
+        activity = replies[-1]["activity"]
+        cells = struct.unpack("<168Q", base64.b64decode(activity["daily_activity"]))
+        assert {c: n for c, n in enumerate(cells) if n} == {cell: len(EVENTS)}
+        top_artists = replies[0]["users"]["top_artists"]
+        assert struct.unpack("<2I", base64.b64decode(top_artists["ends"])) == (2, 3)  # u1: Abba, Ab; u2: Abba
+
+
+def test_unknown_time_zone_and_bad_time_are_invalid_argument(services):
+    address = services.processes["userbehavior"][0].address
+    body = json.loads(records(*EVENTS)) | {"timezone": "Mars/Olympus_Mons"}
+    proc = grpcurl("-d", json.dumps(body), address, "music.v1.UserBehaviorService/AnalyzeUsers")
+    assert proc.returncode == 64 + 3, proc.stderr  # InvalidArgument
+    assert "timezone: unknown time zone 'Mars/Olympus_Mons'" in proc.stderr
+    body = json.loads(records(*EVENTS))
+    body["events"]["records"]["events"][2]["timestamp"] = "2023-02-29T10:00:00Z"
+    proc = grpcurl("-d", json.dumps(body), address, "music.v1.UserBehaviorService/AnalyzeUsers")
+    assert proc.returncode == 64 + 3, proc.stderr
+    assert "records.events[2].timestamp: '2023-02-29T10:00:00Z' names no such day" in proc.stderr
