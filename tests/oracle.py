@@ -212,9 +212,13 @@ _USER_PARTS = [
               QUALIFY row_number() OVER (PARTITION BY user_id ORDER BY plays DESC, song) <= 10)
         GROUP BY user_id""",
     "DROP TABLE user_keyed",
+    # Sorted after aggregating (list_sort on the cell number, weekday * 24 + hour, then named):
+    # twice as fast as list(... ORDER BY ...), which DuckDB aggregates with a sort.
     f"""CREATE OR REPLACE TEMP TABLE user_daily AS
-        SELECT user_id, list({{'day': {_WEEKDAYS}[weekday], 'hour': hour, 'listen_count': listens}}
-                             ORDER BY weekday, hour) AS daily_activity
+        SELECT user_id,
+               list_transform(list_sort(list({{'cell': weekday * 24 + hour, 'listens': listens}})),
+                              lambda c: {{'day': {_WEEKDAYS}[c.cell // 24], 'hour': c.cell % 24,
+                                         'listen_count': c.listens}}) AS daily_activity
         FROM user_hour GROUP BY user_id""",
     "CREATE OR REPLACE TEMP TABLE user_by_year AS " + _periods("years", "year", "user_year", "user_id"),
     "CREATE OR REPLACE TEMP TABLE user_by_month AS " + _periods("months", "month_number", "user_month", "user_id"),
