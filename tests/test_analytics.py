@@ -130,3 +130,22 @@ def test_bulk_paths_equal_the_oracle(tmp_path, small_flushes):
             users[u] = {"total_time": t, "top_artist": a}
     assert users == expected["users"]
     assert [u for u, _ in stats.top_users(5)] == expected["top_users"]
+
+
+@pytest.mark.parametrize(("spread", "scale"), [(40, 1), (2**30, 2**28)], ids=["one-sort", "too-wide-for-one-key"])
+def test_top_per_group_is_the_best_k_per_group_by_count_then_name(spread, scale):
+    from music_analytics.services.userbehavior.analytics import top_per_group
+
+    rng = np.random.default_rng(7)
+    groups = np.sort(rng.choice(rng.integers(0, spread, size=40), size=3000))
+    items = rng.integers(0, 50, size=3000)
+    counts = rng.integers(1, 6, size=3000).astype(np.int64) * scale
+    rank = rng.permutation(50)  # item -> position in name order
+    got = top_per_group(groups, items, counts, rank, 4)
+    expected = []
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
+        expected += sorted(members.tolist(), key=lambda i: (-counts[i], rank[items[i]]))[:4]
+    assert [(groups[i], counts[i], rank[items[i]]) for i in got] == [
+        (groups[i], counts[i], rank[items[i]]) for i in expected
+    ]

@@ -103,8 +103,20 @@ def top_per_group(groups: np.ndarray, items: np.ndarray, counts: np.ndarray, ran
     most counts, ties by ``rank`` (an item's position in name order) ascending."""
     if len(groups) == 0:
         return np.empty(0, dtype=np.int64)
-    score = (counts.astype(np.uint64) << np.uint64(32)) | (np.uint64(0xFFFFFFFF) - rank[items].astype(np.uint64))
-    order = np.lexsort((~score, groups))
+    first = int(groups.min())
+    local = groups - first
+    group_bits = int(local.max()).bit_length()
+    count_bits = int(counts.max()).bit_length()
+    rank_bits = max(len(rank).bit_length(), 1)
+    if group_bits + count_bits + rank_bits <= 63:
+        # One int64 key orders (group asc, count desc, rank asc): one sort instead of a lexsort.
+        key = (local.astype(np.int64) << (count_bits + rank_bits)) | (
+            (((1 << count_bits) - 1 - counts.astype(np.int64)) << rank_bits) | rank[items]
+        )
+        order = np.argsort(key)
+    else:
+        score = (counts.astype(np.uint64) << np.uint64(32)) | (np.uint64(0xFFFFFFFF) - rank[items].astype(np.uint64))
+        order = np.lexsort((~score, groups))
     g = groups[order]
     starts = np.flatnonzero(np.concatenate(([True], g[1:] != g[:-1])))
     position = np.arange(len(g)) - np.repeat(starts, np.diff(np.append(starts, len(g))))
@@ -120,7 +132,7 @@ def _sum_sorted(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def _sum_unsorted(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    order = np.argsort(keys, kind="stable")
+    order = np.argsort(keys)
     return _sum_sorted(keys[order], counts[order])
 
 
