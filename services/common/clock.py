@@ -8,6 +8,7 @@ bisected to the second) and every instant is mapped with one ``searchsorted``.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import zoneinfo
 
@@ -55,6 +56,7 @@ class LocalClock:
         # offsets[i] applies from starts[i] (inclusive) to starts[i + 1]; starts[0] is the range's start.
         self._starts = np.zeros(1, dtype=np.int64)
         self._offsets = np.zeros(1, dtype=np.int64)
+        self._plain: tuple[np.ndarray, list[int], list[int]] | None = None  # the table as lists, for one-off look-ups
 
     def cover(self, lo: int, hi: int) -> None:
         """Make sure the table is exact for every instant in [lo, hi]."""
@@ -104,23 +106,25 @@ class LocalClock:
 
     def first_instant(self, local_midnight: int) -> int:
         """The first UTC instant whose local time is at or after ``local_midnight`` (local seconds):
-        where a local period starts. Exact across DST changes, also where midnight itself is skipped."""
+        where a local period starts. Exact across DST changes, also where midnight itself is skipped
+        or comes twice (the earlier one)."""
         if self._fixed:
             return local_midnight
         self.cover(local_midnight - 2 * 86400, local_midnight + 2 * 86400)
-        # Offsets never exceed a day: the instant lies within a day of the naive guess.
-        candidates = np.arange(local_midnight - 86400 - 3600, local_midnight + 86400 + 3600, 900, dtype=np.int64)
-        local = candidates + self.offsets(candidates)
-        # local time is monotone except at backward changes (repeated hours): the first crossing wins.
-        i = int(np.argmax(local >= local_midnight))
-        a, b = int(candidates[max(i - 1, 0)]), int(candidates[i])
-        while b - a > 1:
-            mid = (a + b) // 2
-            if mid + int(self.offsets(np.array([mid]))[0]) >= local_midnight:
-                b = mid
-            else:
-                a = mid
-        return b
+        starts, offsets = self._lists()
+        # Within the stretch of constant offset i, local time passes local_midnight at
+        # local_midnight - offset; the first stretch where that instant lies inside it wins.
+        i = max(bisect.bisect_right(starts, local_midnight - 2 * 86400) - 1, 0)
+        while True:
+            candidate = max(starts[i], local_midnight - offsets[i])
+            if i + 1 == len(starts) or candidate < starts[i + 1]:
+                return candidate
+            i += 1
+
+    def _lists(self) -> tuple[list[int], list[int]]:
+        if self._plain is None or self._plain[0] is not self._starts:
+            self._plain = (self._starts, self._starts.tolist(), self._offsets.tolist())
+        return self._plain[1], self._plain[2]
 
 
 __all__ = ["LocalClock", "UnknownTimeZoneError", "load_zone"]
