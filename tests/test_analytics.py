@@ -149,3 +149,19 @@ def test_top_per_group_is_the_best_k_per_group_by_count_then_name(spread, scale)
     assert [(groups[i], counts[i], rank[items[i]]) for i in got] == [
         (groups[i], counts[i], rank[items[i]]) for i in expected
     ]
+
+
+def test_partitioned_counter_counts_as_one_counter_and_drains():
+    from music_analytics.services.common.columns import PartitionedCounter
+
+    rng = np.random.default_rng(3)
+    keys = (rng.integers(0, 40, size=100_000) << 10) | rng.integers(0, 300, size=100_000)
+    counter = PartitionedCounter(shift=10 + 3, run_rows=500)  # 8 high values per partition
+    for part in np.array_split(keys, 61):
+        counter.add(part)
+    expected_keys, expected_counts = np.unique(keys, return_counts=True)
+    for read in (counter.merged, counter.drain):
+        parts = list(read(rows=777, align_bits=10))
+        assert np.concatenate([k for k, _ in parts]).tolist() == expected_keys.tolist()
+        assert np.concatenate([c for _, c in parts]).tolist() == expected_counts.tolist()
+    assert len(counter) == 0 and counter.nbytes == 0  # drained

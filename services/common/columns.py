@@ -278,3 +278,63 @@ class IntIds:
             self._by_id.append(distinct[new])
             self._count += added
         return ids[inverse.reshape(-1)]
+
+
+class PartitionedCounter:
+    """A KeyCounter per range of the keys' high bits (e.g. per block of users), read back in key
+    order. Same counts; what changes is the size of the largest merge: folding runs copies the
+    runs being folded, and with one counter the last folds copy nearly the whole state (the peak
+    of a call). Here a fold copies at most one partition's keys."""
+
+    def __init__(self, shift: int, run_rows: int = 1 << 17) -> None:
+        self._shift = shift
+        self._run_rows = run_rows
+        self._parts: list[KeyCounter] = []
+
+    def _part(self, index: int) -> KeyCounter:
+        while len(self._parts) <= index:
+            counter = KeyCounter()
+            counter.RUN_ROWS = self._run_rows
+            self._parts.append(counter)
+        return self._parts[index]
+
+    def add(self, keys: np.ndarray) -> None:
+        if len(keys) == 0:
+            return
+        part = keys >> self._shift
+        lo, hi = int(part.min()), int(part.max())
+        if lo == hi:
+            self._part(lo).add(keys)
+            return
+        self._part(hi)
+        # A stable sort of small integers is a radix sort: linear, unlike sorting the keys.
+        order = np.argsort((part - lo).astype(np.uint16 if hi - lo < 1 << 16 else np.int64), kind="stable")
+        grouped = keys[order]
+        ends = np.cumsum(np.bincount(part - lo, minlength=hi - lo + 1))
+        start = 0
+        for offset, end in enumerate(ends.tolist()):
+            if end > start:
+                # A copy: a view would keep the whole batch alive until this partition seals.
+                self._parts[lo + offset].add(grouped[start:end].copy())
+            start = end
+
+    def __len__(self) -> int:
+        return sum(len(part) for part in self._parts)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(part.nbytes for part in self._parts)
+
+    def merged(self, rows: int = 1 << 20, align_bits: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """As KeyCounter.merged: distinct keys ascending with their counts, range by range."""
+        for part in self._parts:
+            yield from part.merged(rows=rows, align_bits=align_bits)
+
+    def drain(self, rows: int = 1 << 20, align_bits: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """As ``merged``, letting each partition go once it is read: the counter is empty after,
+        and the memory of what was read is free while the rest is read."""
+        parts, self._parts = self._parts, []
+        while parts:
+            part = parts.pop(0)
+            yield from part.merged(rows=rows, align_bits=align_bits)
+            del part

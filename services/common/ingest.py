@@ -67,8 +67,16 @@ def returning_memory() -> Iterator[None]:
     try:
         yield
     finally:
-        pa.default_memory_pool().release_unused()
-        _trim_malloc()
+        release_memory()
+
+
+def release_memory() -> None:
+    """Give freed memory back to the system now. Worth its ~millisecond after a step that freed
+    a lot: malloc otherwise keeps it and the next, larger arrays are placed beside it (measured
+    on UserBehavior at 10M events: peak RSS 597 MB without a trim after each bulk mapping, 540
+    with, at the same CPU time)."""
+    pa.default_memory_pool().release_unused()
+    _trim_malloc()
 
 
 def refuse(

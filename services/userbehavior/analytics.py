@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from music_analytics.services.common.clock import LocalClock
-from music_analytics.services.common.columns import IntIds, KeyCounter, PendingBatches, StringIds
+from music_analytics.services.common.columns import IntIds, PartitionedCounter, PendingBatches, StringIds
 from music_analytics.services.common.contract import TOP_PER_USER, TOP_USERS, top_ranked
 
 DAY = 86400
@@ -23,6 +23,7 @@ _ITEM_BITS = 32
 _MONTH_BITS = 16
 _MONTH_BIAS = 1 << (_MONTH_BITS - 1)
 _WHEN_BITS = 8 + _MONTH_BITS
+_USER_BLOCK_BITS = 14
 # Keys read back per range at the end: each range's temporaries are about 20 arrays of this size.
 _RANGE_ROWS = 1 << 18
 
@@ -157,23 +158,26 @@ def _merge_spellings(
 class _ListBuilder:
     """Collects per-user lists range by range (users ascending) into one flat Lists."""
 
-    def __init__(self) -> None:
-        self._users: list[np.ndarray] = []
+    def __init__(self, n_users: int) -> None:
+        self._per_user = np.zeros(n_users, dtype=np.int64)
         self._keys: list[np.ndarray] = []
         self._counts: list[np.ndarray] = []
 
     def add(self, users: np.ndarray, keys: np.ndarray, counts: np.ndarray) -> None:
-        self._users.append(users)
+        # Only how many entries each user has is kept of ``users``: the ends come from that.
+        self._per_user += np.bincount(users, minlength=len(self._per_user))
         # Every key kind fits 32 bits (ids, cells, months): the lists of every user are held at once.
         self._keys.append(keys.astype(np.int32))
         self._counts.append(counts.astype(np.uint32))
 
-    def build(self, n_users: int) -> Lists:
-        if not self._users:
-            return Lists(np.zeros(n_users, dtype=np.uint32), np.empty(0, np.int32), np.empty(0, np.uint32))
-        users = np.concatenate(self._users)
-        ends = np.cumsum(np.bincount(users, minlength=n_users)).astype(np.uint32)
-        return Lists(ends, np.concatenate(self._keys), np.concatenate(self._counts))
+    def build(self) -> Lists:
+        ends = np.cumsum(self._per_user).astype(np.uint32)
+        if not self._keys:
+            return Lists(ends, np.empty(0, np.int32), np.empty(0, np.uint32))
+        # One column at a time, its parts let go at once: a copy of one column at most.
+        keys, self._keys = np.concatenate(self._keys), []
+        counts, self._counts = np.concatenate(self._counts), []
+        return Lists(ends, keys, counts)
 
 
 class UserStats:
@@ -185,8 +189,11 @@ class UserStats:
     by the song's artist, computed once at the end over the distinct pairs.
     """
 
-    def __init__(self, timezone: str = "") -> None:
+    def __init__(self, timezone: str = "", release: Callable[[], None] = lambda: None) -> None:
         self.clock = LocalClock(timezone)
+        # Called after each step that frees much memory (a bulk mapping, a counter read out), to
+        # hand it back to the system before the next, larger arrays are placed beside it.
+        self._release = release
         self._users = StringIds()
         self._artists = StringIds()
         self._song_ids = StringIds()
@@ -195,8 +202,9 @@ class UserStats:
         self._time = np.zeros(0, dtype=np.int64)
         self._plays = np.zeros(0, dtype=np.int64)
         self._artist_plays = np.zeros(0, dtype=np.int64)
-        self._user_songs = KeyCounter()  # user << 32 | song
-        self._when = KeyCounter()  # user << 24 | cell << 16 | biased month
+        # Partitioned by blocks of _USER_BLOCK_BITS users: the largest fold of runs copies one block's.
+        self._user_songs = PartitionedCounter(_ITEM_BITS + _USER_BLOCK_BITS)  # user << 32 | song
+        self._when = PartitionedCounter(_WHEN_BITS + _USER_BLOCK_BITS)  # user << 24 | cell << 16 | biased month
         self._cells = np.zeros(CELLS, dtype=np.int64)
         self._day0 = 0  # local day of _day_counts[0]
         self._day_counts = np.zeros(0, dtype=np.int64)
@@ -204,6 +212,8 @@ class UserStats:
         self.last_ts: int | None = None
         self._pending = PendingBatches()
         self._lists: dict[str, Lists] | None = None
+        # Set once the counts are read out into the per-user lists (the counters are let go then).
+        self._pairs: int | None = None
         self.events = 0
 
     @property
@@ -224,8 +234,10 @@ class UserStats:
     @property
     def distinct_pairs(self) -> int:
         """Distinct (user, song) pairs."""
-        self._flush()
-        return len(self._user_songs)
+        if self._pairs is None:
+            self._flush()
+            return len(self._user_songs)
+        return self._pairs
 
     @property
     def nbytes(self) -> int:
@@ -251,6 +263,8 @@ class UserStats:
         timestamps (seconds since 1970 UTC)."""
         if len(user_idx) == 0:
             return
+        if self._pairs is not None:
+            raise RuntimeError("events added after the statistics were read out")
         item = (user_dict, user_idx, artist_dict, artist_idx, song_dict, song_idx, duration, timestamp)
         self._pending.add(item, len(user_idx))
         self.events += len(user_idx)
@@ -265,39 +279,39 @@ class UserStats:
         user_maps = self._users.map_arrays([it[0] for it in items])
         artist_maps = self._artists.map_arrays([it[2] for it in items])
         song_maps = self._song_ids.map_arrays([it[4] for it in items])
-        users = np.concatenate([m[it[1]] for m, it in zip(user_maps, items, strict=True)])
-        artists = np.concatenate([m[it[3]] for m, it in zip(artist_maps, items, strict=True)])
-        song_ids = np.concatenate([m[it[5]] for m, it in zip(song_maps, items, strict=True)])
-        duration = np.concatenate([it[6] for it in items]).astype(np.int64)
-        ts = np.concatenate([it[7] for it in items]).astype(np.int64)
-        del items, user_maps, artist_maps, song_maps
-
         n = len(self._users)
         if n > len(self._time):
             grow = n - len(self._time)
             self._time = np.concatenate([self._time, np.zeros(grow, dtype=np.int64)])
             self._plays = np.concatenate([self._plays, np.zeros(grow, dtype=np.int64)])
+        if len(self._artists) > len(self._artist_plays):
+            grow = len(self._artists) - len(self._artist_plays)
+            self._artist_plays = np.concatenate([self._artist_plays, np.zeros(grow, dtype=np.int64)])
+        # The strings were mapped for all batches at once (that is what costs); the numbers are done
+        # a batch at a time, so their temporaries are a batch's, not a million rows'.
+        for item, user_map, artist_map, song_map in zip(items, user_maps, artist_maps, song_maps, strict=True):
+            self._add_numbers(user_map[item[1]], artist_map[item[3]], song_map[item[5]], item[6], item[7])
+        self._release()
+
+    def _add_numbers(
+        self, users: np.ndarray, artists: np.ndarray, song_ids: np.ndarray, duration: np.ndarray, ts: np.ndarray
+    ) -> None:
+        n = len(self._time)
+        duration = duration.astype(np.int64)
         # bincount sums in float64: exact only below 2^53, so add the 16-bit halves separately.
         low = np.bincount(users, weights=duration & 0xFFFF, minlength=n).astype(np.int64)
         high = np.bincount(users, weights=duration >> 16, minlength=n).astype(np.int64)
         self._time += low + (high << 16)
         self._plays += np.bincount(users, minlength=n)
-        per_artist = np.bincount(artists, minlength=len(self._artists))
-        if len(per_artist) > len(self._artist_plays):
-            self._artist_plays = np.concatenate(
-                [self._artist_plays, np.zeros(len(per_artist) - len(self._artist_plays), dtype=np.int64)]
-            )
-        self._artist_plays += per_artist
-
+        self._artist_plays += np.bincount(artists, minlength=len(self._artist_plays))
         songs = self._songs.map((artists << _ITEM_BITS) | song_ids)
         self._user_songs.add((users << _ITEM_BITS) | songs)
-        del songs, artists, song_ids
 
+        ts = ts.astype(np.int64)
         lo, hi = int(ts.min()), int(ts.max())
         self.first_ts = lo if self.first_ts is None else min(self.first_ts, lo)
         self.last_ts = hi if self.last_ts is None else max(self.last_ts, hi)
         day, cell, month = local_fields(self.clock.local(ts))
-        del ts
         self._when.add((users << _WHEN_BITS) | (cell << _MONTH_BITS) | (month + _MONTH_BIAS))
         self._cells += np.bincount(cell, minlength=CELLS)
         self._add_days(day)
@@ -339,8 +353,11 @@ class UserStats:
         artist_rank = np.empty(len(self._artists), dtype=np.int64)
         artist_rank[pc.sort_indices(self._artists.values).to_numpy()] = np.arange(len(self._artists))
         low = (1 << _ITEM_BITS) - 1
-        top_songs, top_artists = _ListBuilder(), _ListBuilder()
-        for keys, counts in self._user_songs.merged(rows=_RANGE_ROWS, align_bits=_ITEM_BITS):
+        top_songs, top_artists = _ListBuilder(n), _ListBuilder(n)
+        pairs = 0
+        # Drained: each block of users' counts is let go once its lists are made.
+        for keys, counts in self._user_songs.drain(rows=_RANGE_ROWS, align_bits=_ITEM_BITS):
+            pairs += len(keys)
             users, songs = keys >> _ITEM_BITS, keys & low
             # Artists from the songs as they were played, before songs spelling one key are merged.
             by_artist, artist_counts = _sum_unsorted((users << _ITEM_BITS) | song_artist[songs], counts)
@@ -351,8 +368,9 @@ class UserStats:
                 users, songs, counts = _merge_spellings(users, songs, counts, canonical, song_artist, artist_rank)
             best = top_per_group(users, songs, counts, song_rank, TOP_PER_USER)
             top_songs.add(users[best], songs[best], counts[best])
-        cells, months = _ListBuilder(), _ListBuilder()
-        for keys, counts in self._when.merged(rows=_RANGE_ROWS, align_bits=_WHEN_BITS):
+        self._release()
+        cells, months = _ListBuilder(n), _ListBuilder(n)
+        for keys, counts in self._when.drain(rows=_RANGE_ROWS, align_bits=_WHEN_BITS):
             users = keys >> _WHEN_BITS
             # Keys are sorted by (user, cell, month): (user, cell) runs are contiguous.
             by_cell, cell_counts = _sum_sorted(keys >> _MONTH_BITS, counts)
@@ -360,13 +378,15 @@ class UserStats:
             month = keys & ((1 << _MONTH_BITS) - 1)
             by_month, month_counts = _sum_unsorted((users << _MONTH_BITS) | month, counts)
             months.add(by_month >> _MONTH_BITS, (by_month & ((1 << _MONTH_BITS) - 1)) - _MONTH_BIAS, month_counts)
+        self._release()
         self._lists = {
-            "top_songs": top_songs.build(n),
-            "top_artists": top_artists.build(n),
-            "daily_activity": cells.build(n),
-            "monthly_activity": months.build(n),
+            "top_songs": top_songs.build(),
+            "top_artists": top_artists.build(),
+            "daily_activity": cells.build(),
+            "monthly_activity": months.build(),
         }
         self._names = names
+        self._pairs = pairs
         return self._lists
 
     def summaries(self, chunk: int = 50_000) -> Iterator[UserColumns]:

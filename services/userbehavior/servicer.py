@@ -22,7 +22,7 @@ from music_analytics.services.common.events import (
     dictionary_column_message,
     string_array_message,
 )
-from music_analytics.services.common.ingest import ingest, refuse, returning_memory
+from music_analytics.services.common.ingest import ingest, refuse, release_memory, returning_memory
 from music_analytics.services.common.metrics import ServiceMetrics
 from music_analytics.services.common.server import ServiceSpec
 from music_analytics.services.userbehavior.analytics import Lists, SiteActivity, UserColumns, UserStats
@@ -40,7 +40,7 @@ class UserBehaviorServicer(userbehavior_pb2_grpc.UserBehaviorServiceServicer):
     ) -> Iterator[userbehavior_pb2.AnalyzeUsersResponse]:
         with returning_memory():
             service = self.m.service
-            stats = UserStats()
+            stats = UserStats(release=release_memory)
 
             def settings(request: userbehavior_pb2.AnalyzeUsersRequest) -> None:
                 try:
