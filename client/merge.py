@@ -9,7 +9,7 @@ from operator import attrgetter, itemgetter
 from music_analytics.api import mapreduce_pb2, userbehavior_pb2
 from music_analytics.services.common.contract import TOP_SONGS, TOP_USERS, top_ranked
 
-__all__ = ["UserResult", "merge_songs", "merge_users"]
+__all__ = ["UserResult", "merge_songs", "merge_top_users"]
 
 
 def merge_songs(answers: list[mapreduce_pb2.CountPlaysResponse]) -> tuple[list, int, int]:
@@ -32,18 +32,13 @@ class UserResult:
     top_artist: str
 
 
-def merge_users(answers: list[userbehavior_pb2.AnalyzeUsersResponse]) -> tuple[list[UserResult], list, int]:
-    """Every user by user_id, the most active users of all replicas, events counted."""
-    users: list[UserResult] = []
+def merge_top_users(answers: list[userbehavior_pb2.AnalyzeUsersResponse]) -> tuple[list[tuple[str, int]], int]:
+    """The most active users of all replicas and the events they counted, from each replica's
+    final message (every user's summary is taken as it arrives: listening.UserStatsSink)."""
     tops: list[tuple[str, int]] = []
     events = 0
     for a in answers:
-        kind = a.WhichOneof("payload")
-        if kind == "users":
-            u = a.users
-            users.extend(map(UserResult, u.user_ids, u.total_time, u.top_artist))
-        elif kind == "top_users":
+        if a.WhichOneof("payload") == "top_users":
             tops.extend(zip(a.top_users.user_ids, a.top_users.total_time, strict=True))
             events += a.events_processed
-    users.sort(key=attrgetter("user_id"))
-    return users, top_ranked(tops, TOP_USERS, count=itemgetter(1), key=itemgetter(0)), events
+    return top_ranked(tops, TOP_USERS, count=itemgetter(1), key=itemgetter(0)), events

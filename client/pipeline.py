@@ -21,7 +21,7 @@ from music_analytics.api import mapreduce_pb2, recommendation_pb2, userbehavior_
 from music_analytics.client.csv_source import Chunk, Rejection
 from music_analytics.client.encoding import batches
 from music_analytics.client.listening import UserStatsSink, site_stats
-from music_analytics.client.merge import UserResult, merge_songs, merge_users
+from music_analytics.client.merge import UserResult, merge_songs, merge_top_users
 from music_analytics.client.recommend import recommend
 from music_analytics.client.replicas import Endpoint, Replicas, ServiceError, ServiceInfo
 from music_analytics.client.sources import REJECT_REASONS, SKIP_REASONS, open_source
@@ -157,7 +157,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         ub_answers = userbehavior.finish(None)
         ub_done = time.perf_counter()
         top_songs, distinct_songs, mr_events = merge_songs(mr_answers)
-        _, top_users, ub_events = merge_users(ub_answers)
+        top_users, ub_events = merge_top_users(ub_answers)
         listening_stats = site_stats(
             (a.activity for a in ub_answers if a.WhichOneof("payload") == "top_users"), config.timezone
         )
