@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import datetime as dt
 import io
 import re
 from collections.abc import Callable, Iterator
@@ -47,6 +46,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from music_analytics.services.common.contract import MAX_TIMESTAMP, MIN_TIMESTAMP
+from music_analytics.services.common.timestamps import parse_timestamp
 
 REQUIRED = ("user_id", "song_id", "artist", "duration", "timestamp")
 STRING_COLUMNS = ("user_id", "song_id", "artist")
@@ -59,20 +59,11 @@ HEADER_MAX_BYTES = 1 << 20
 # path accepts them: a field may be as long as a row. The limit is process-wide.
 csv.field_size_limit(max(csv.field_size_limit(), MAX_ROW_BYTES))
 
-# ISO 8601 as used for event times: a calendar date, optionally a time (minutes, seconds and a
-# fraction optional) and a zone. This is the rule (the exact path applies it); the fast path uses
-# Arrow's ISO 8601 parser, which accepts a subset of it (tests/test_csv_source.py checks that).
-TIMESTAMP_PATTERN = (
-    r"^(?P<year>[0-9]{4})-(?P<month>0[1-9]|1[0-2])-(?P<day>0[1-9]|[12][0-9]|3[01])"
-    r"([T ](?P<hour>[01][0-9]|2[0-3])(:(?P<minute>[0-5][0-9])(:(?P<second>[0-5][0-9]|60)([.,][0-9]+)?)?)?"
-    r"(Z|(?P<sign>[+-])(?P<zone_hours>[01][0-9]|2[0-3])(:?(?P<zone_minutes>[0-5][0-9]))?)?)?$"
-)
-# Applied with fullmatch: with match, "$" also matches before a final "\n" ("5\n" in quotes).
-_TIMESTAMP = re.compile(TIMESTAMP_PATTERN)
+# The rule for event times is services.common.timestamps (the exact path applies it); the fast
+# path uses Arrow's ISO 8601 parser, which accepts a subset of it (tests/test_csv_source.py checks that).
 _DIGITS = re.compile(r"[0-9]+")
 # A value the fast path casts as zoned: a time, then Z or an offset (a date's "-01" is not one).
 _ZONED = r"[T ][0-9:.,]*[0-9](Z|[+-][0-9:]+)$"
-_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 
 
 class InputError(Exception):
@@ -419,37 +410,6 @@ def _epoch_seconds_fast(ts: pa.Array) -> pa.Array | None:
 def _iso8601_timestamps(ts: pa.ChunkedArray) -> bool:
     """True if the fast path reads every value of ``ts``."""
     return epoch_seconds(ts) is not None
-
-
-# Days since the epoch by date text: histories repeat dates, and a dict lookup is several times
-# faster than building a date. Bounded, so that memory does not grow with a long input.
-_EPOCH_DAYS: dict[str, int] = {}
-_EPOCH_DAYS_MAX = 1 << 16
-
-
-def parse_timestamp(text: str) -> int | None:
-    """Epoch seconds (UTC, floored) of ``text`` by TIMESTAMP_PATTERN, or None if it is not one."""
-    match = _TIMESTAMP.fullmatch(text)
-    if match is None:
-        return None
-    day = _EPOCH_DAYS.get(text[:10])
-    if day is None:
-        try:
-            day = dt.date(int(text[:4]), int(text[5:7]), int(text[8:10])).toordinal() - _EPOCH_ORDINAL
-        except ValueError:
-            return None
-        if len(_EPOCH_DAYS) < _EPOCH_DAYS_MAX:
-            _EPOCH_DAYS[text[:10]] = day
-    hour, minute, second, sign = match.group("hour", "minute", "second", "sign")
-    # A fraction never changes the floored second; ":60" adds up to the next second by itself.
-    seconds = day * 86400
-    if hour is not None:
-        seconds += int(hour) * 3600 + (int(minute) * 60 if minute else 0) + (int(second) if second else 0)
-    if sign is not None:
-        zone_hours, zone_minutes = match.group("zone_hours", "zone_minutes")
-        offset = int(zone_hours) * 3600 + (int(zone_minutes) * 60 if zone_minutes else 0)
-        seconds -= offset if sign == "+" else -offset
-    return seconds
 
 
 def check_row(row: list[str], names: tuple[str, ...]) -> tuple[str, str | None, str] | None:

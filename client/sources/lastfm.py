@@ -19,9 +19,9 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
-from music_analytics.client.csv_source import parse_timestamp
 from music_analytics.client.sources.inputs import Member
 from music_analytics.client.sources.records import BadRecordError, Event, checked_timestamp, text_field, text_lines
+from music_analytics.services.common.timestamps import parse_timestamp
 
 LASTFM_1K_FIELDS = ("userid", "timestamp", "artist-mbid", "artist-name", "track-mbid", "track-name")
 ISO_UTC = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")

@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from music_analytics.client.csv_source import parse_timestamp
 from music_analytics.client.sources.records import (
     BadRecordError,
     Event,
@@ -24,6 +23,7 @@ from music_analytics.client.sources.records import (
     text_field,
     whole_number,
 )
+from music_analytics.services.common.timestamps import parse_timestamp
 
 SKIP_REASONS = ("spotify_podcast", "spotify_audiobook")
 

@@ -114,10 +114,12 @@ def _decode_records(records: events_pb2.PlayEvents, needed: tuple[str, ...]) -> 
     if TIMESTAMP in needed:
         timestamp = np.empty(len(events), dtype=np.int64)
         for i, event in enumerate(events):
-            try:
-                timestamp[i] = parse_timestamp(event.timestamp)
-            except ValueError as exc:
-                raise InvalidBatchError(f"records.events[{i}].timestamp: {exc}") from None
+            seconds = parse_timestamp(event.timestamp)
+            if seconds is None:
+                raise InvalidBatchError(
+                    f"records.events[{i}].timestamp: {event.timestamp!r} is not an ISO 8601 date-time of a real day"
+                )
+            timestamp[i] = seconds
             if not MIN_TIMESTAMP <= timestamp[i] < MAX_TIMESTAMP:
                 raise InvalidBatchError(
                     f"records.events[{i}].timestamp: {event.timestamp!r} {TIMESTAMP_RANGE}", "out_of_range"

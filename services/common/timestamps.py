@@ -1,37 +1,51 @@
-"""ISO 8601 event times, as every input carries them: text to seconds since 1970 UTC."""
+"""ISO 8601 event times, as every input carries them: text to seconds since 1970 UTC.
+
+The one rule for the client's readers (the CSV's exact path, the Last.fm and Spotify importers)
+and for the services' plain records.
+"""
 
 from __future__ import annotations
 
-import calendar
+import datetime as dt
 import re
 
 # A calendar date, optionally a time (minutes, seconds and a fraction optional) and a zone; no
 # zone means UTC. A leap second (:60) is the next second; a fraction is dropped (floored).
 TIMESTAMP_PATTERN = (
-    r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
-    r"([T ]([01][0-9]|2[0-3])(:[0-5][0-9](:([0-5][0-9]|60)([.,][0-9]+)?)?)?"
-    r"(Z|[+-]([01][0-9]|2[0-3])(:?[0-5][0-9])?)?)?$"
+    r"^(?P<year>[0-9]{4})-(?P<month>0[1-9]|1[0-2])-(?P<day>0[1-9]|[12][0-9]|3[01])"
+    r"([T ](?P<hour>[01][0-9]|2[0-3])(:(?P<minute>[0-5][0-9])(:(?P<second>[0-5][0-9]|60)([.,][0-9]+)?)?)?"
+    r"(Z|(?P<sign>[+-])(?P<zone_hours>[01][0-9]|2[0-3])(:?(?P<zone_minutes>[0-5][0-9]))?)?)?$"
 )
-_PARTS = re.compile(
-    r"([0-9]{4})-([0-9]{2})-([0-9]{2})"
-    r"(?:[T ]([0-9]{2})(?::([0-9]{2})(?::([0-9]{2})(?:[.,][0-9]+)?)?)?"
-    r"(Z|([+-])([0-9]{2}):?([0-9]{2})?)?)?"
-)
-_VALID = re.compile(TIMESTAMP_PATTERN)
+# Applied with fullmatch: with match, "$" also matches before a final "\n" ("5\n" in quotes).
+_TIMESTAMP = re.compile(TIMESTAMP_PATTERN)
+_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+# Days since the epoch by date text: histories repeat dates, and a dict lookup is several times
+# faster than building a date. Bounded, so that memory does not grow with a long input.
+_EPOCH_DAYS: dict[str, int] = {}
+_EPOCH_DAYS_MAX = 1 << 16
 
 
-def parse_timestamp(text: str) -> int:
-    """Seconds since 1970-01-01T00:00:00Z of an ISO 8601 date-time; ValueError if it is not one
-    (by TIMESTAMP_PATTERN) or names no such day (2023-02-29)."""
-    if _VALID.fullmatch(text) is None:
-        raise ValueError(f"{text!r} is not an ISO 8601 date-time")
-    m = _PARTS.fullmatch(text)
-    year, month, day = int(m[1]), int(m[2]), int(m[3])
-    if day > calendar.monthrange(year, month)[1]:
-        raise ValueError(f"{text!r} names no such day")
-    seconds = calendar.timegm((year, month, day, 0, 0, 0)) + int(m[4] or 0) * 3600 + int(m[5] or 0) * 60
-    seconds += int(m[6] or 0)
-    if m[8]:
-        offset = int(m[9]) * 3600 + int(m[10] or 0) * 60
-        seconds -= offset if m[8] == "+" else -offset
+def parse_timestamp(text: str) -> int | None:
+    """Epoch seconds (UTC, floored) of ``text`` by TIMESTAMP_PATTERN, or None if it is not one
+    (or names no such day, 2023-02-29)."""
+    match = _TIMESTAMP.fullmatch(text)
+    if match is None:
+        return None
+    day = _EPOCH_DAYS.get(text[:10])
+    if day is None:
+        try:
+            day = dt.date(int(text[:4]), int(text[5:7]), int(text[8:10])).toordinal() - _EPOCH_ORDINAL
+        except ValueError:
+            return None
+        if len(_EPOCH_DAYS) < _EPOCH_DAYS_MAX:
+            _EPOCH_DAYS[text[:10]] = day
+    hour, minute, second, sign = match.group("hour", "minute", "second", "sign")
+    # A fraction never changes the floored second; ":60" adds up to the next second by itself.
+    seconds = day * 86400
+    if hour is not None:
+        seconds += int(hour) * 3600 + (int(minute) * 60 if minute else 0) + (int(second) if second else 0)
+    if sign is not None:
+        zone_hours, zone_minutes = match.group("zone_hours", "zone_minutes")
+        offset = int(zone_hours) * 3600 + (int(zone_minutes) * 60 if zone_minutes else 0)
+        seconds -= offset if sign == "+" else -offset
     return seconds
