@@ -23,6 +23,7 @@ _ITEM_BITS = 32
 _MONTH_BITS = 16
 _MONTH_BIAS = 1 << (_MONTH_BITS - 1)
 _WHEN_BITS = 8 + _MONTH_BITS
+# The counters are partitioned by blocks of 2**14 users (16,384).
 _USER_BLOCK_BITS = 14
 # Keys read back per range at the end: each range's temporaries are about 20 arrays of this size.
 _RANGE_ROWS = 1 << 18
@@ -202,7 +203,7 @@ class UserStats:
         self._time = np.zeros(0, dtype=np.int64)
         self._plays = np.zeros(0, dtype=np.int64)
         self._artist_plays = np.zeros(0, dtype=np.int64)
-        # Partitioned by blocks of _USER_BLOCK_BITS users: the largest fold of runs copies one block's.
+        # Partitioned by blocks of users: the largest fold of runs copies one block's keys.
         self._user_songs = PartitionedCounter(_ITEM_BITS + _USER_BLOCK_BITS)  # user << 32 | song
         self._when = PartitionedCounter(_WHEN_BITS + _USER_BLOCK_BITS)  # user << 24 | cell << 16 | biased month
         self._cells = np.zeros(CELLS, dtype=np.int64)
