@@ -20,9 +20,9 @@ from music_analytics.services.common.events import EventColumns, decode_chunk
 from music_analytics.services.common.metrics import ServiceMetrics
 
 # A call's peak memory over the bytes its state holds: the temporaries of merging sorted runs
-# and of building the answer come on top. Measured by bench/call_memory.py (1M distinct keys:
-# 4-5.5x); the limit is checked against this multiple, so a refused call is refused before its
-# peak, not after an OOM kill.
+# and of building the answer come on top. Each kind of state says its own (``peak_factor``),
+# measured by bench/call_memory.py; the limit is checked against that multiple, so a refused call
+# is refused before its peak, not after an OOM kill. This is for a state that does not say.
 PEAK_FACTOR = 6
 
 
@@ -38,6 +38,9 @@ class CallState(Protocol):
 
     @property
     def nbytes(self) -> int: ...
+
+    @property
+    def peak_factor(self) -> float: ...
 
 
 def _malloc_trim() -> Callable[[], None]:
@@ -99,12 +102,13 @@ def check_bound(context: grpc.ServicerContext, metrics: ServiceMetrics, field: s
 
 def check_memory(context: grpc.ServicerContext, metrics: ServiceMetrics, state: CallState, limits: CallLimits) -> None:
     held = state.nbytes
-    if held * PEAK_FACTOR > limits.max_call_bytes:
+    factor = getattr(state, "peak_factor", PEAK_FACTOR)
+    if held * factor > limits.max_call_bytes:
         refuse(
             context,
             metrics,
             "memory_limit",
-            f"this call's state holds {held / 2**20:.1f} MiB and may need {PEAK_FACTOR}x that at its peak, over the "
+            f"this call's state holds {held / 2**20:.1f} MiB and may need {factor}x that at its peak, over the "
             f"per-call limit of {limits.max_call_bytes / 2**20:.0f} MiB ({limits.source}). Its size grows with the "
             "distinct keys sent in one call; split the input across calls or replicas, or raise the limit",
             grpc.StatusCode.RESOURCE_EXHAUSTED,
