@@ -28,6 +28,18 @@ def problems(summary: Any) -> list[str]:
     users = summary.get("users")
     if not isinstance(users, int) or users <= 0:
         found.append(f"users is {users!r}, expected a positive count")
+    # The time statistics: site-wide here, per user in the file on the results volume.
+    stats = summary.get("listening_stats")
+    if not isinstance(stats, dict):
+        found.append("listening_stats is missing")
+    else:
+        if not stats.get("daily_activity"):
+            found.append("listening_stats.daily_activity is missing or empty")
+        if not (stats.get("listening_activity") or {}).get("year"):
+            found.append("listening_stats.listening_activity.year is missing or empty")
+    user_stats = summary.get("user_stats")
+    if not isinstance(user_stats, dict) or not user_stats.get("path") or user_stats.get("users") != users:
+        found.append(f"user_stats is {user_stats!r}, expected the per-user file's path and {users!r} users")
     return found
 
 

@@ -196,6 +196,14 @@ GOOD = {
     "trending_songs": ["Abba - s1"],
     "users": 1,
     "rejected_examples": [],
+    "listening_stats": {
+        "timezone": "UTC",
+        "daily_activity": [{"day": "Monday", "hour": 8, "listen_count": 3}],
+        "listening_activity": {
+            "year": [{"time_range": "2024", "from_ts": 1704067200, "to_ts": 1735689599, "listen_count": 3}]
+        },
+    },
+    "user_stats": {"path": "/work/results/run_grpc_metrics.users.jsonl", "users": 1},
 }
 
 
@@ -212,6 +220,8 @@ def test_check_results_accepts_a_real_summary():
         ("{not json", "not valid JSON"),
         (stored({**GOOD, "events_processed": 0}), "events_processed"),
         (stored({**GOOD, "top_songs": {}}), "top_songs"),
+        (stored({k: v for k, v in GOOD.items() if k != "listening_stats"}), "listening_stats is missing"),
+        (stored({**GOOD, "user_stats": {"path": None, "users": 0}}), "user_stats"),
         ("[]", "not an object"),
     ],
 )
