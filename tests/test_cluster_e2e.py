@@ -34,7 +34,7 @@ from music_analytics.client.demo import free_port
 from music_analytics.client.generate import generate
 from music_analytics.services.registry import SERVICES
 from tests.conftest import ROOT, require_binary
-from tests.oracle import oracle
+from tests.oracle import oracle, oracle_stats
 from tests.support.prometheus import Prometheus, dashboard_queries, series_with_data, variable_values
 from tests.support.waiting import wait_until
 
@@ -285,17 +285,22 @@ def stored_summary(c: Cluster) -> dict:
 def expected_summary(csv: Path) -> dict:
     """The summary the Job stores, as the DuckDB oracle computes it for ``csv``."""
     o = oracle(csv)
+    # The chart's default zone (UTC); the summary leaves out the listens per day.
+    stats = oracle_stats(csv, "UTC")["listening_stats"]
+    stats["listening_activity"].pop("day")
     return {
         "events_processed": sum(o["song_counts"].values()),
         "top_songs": dict((song, plays) for song, plays in o["top_songs"]),
         "top_users": o["top_users"],
         "trending_songs": o["trending"],
         "users": len(o["users"]),
+        "listening_stats": stats,
     }
 
 
 def comparable(summary: dict) -> dict:
-    return {k: summary[k] for k in ("events_processed", "top_songs", "top_users", "trending_songs", "users")}
+    keys = ("events_processed", "top_songs", "top_users", "trending_songs", "users", "listening_stats")
+    return {k: summary[k] for k in keys}
 
 
 def pods(c: Cluster, component: str) -> list[dict]:
