@@ -212,3 +212,20 @@ def test_a_day_of_a_dst_change_has_23_or_25_hours():
 def test_unknown_time_zone_is_named():
     with pytest.raises(UnknownTimeZoneError, match="'Mars/Olympus'"):
         LocalClock("Mars/Olympus")
+
+
+@pytest.mark.parametrize("zone", ["Europe/Berlin", "Australia/Lord_Howe"])
+def test_a_clock_grown_a_little_at_a_time_is_exact(zone):
+    """Events come in time order, and each batch grows the offset table a little, forwards or
+    (an export read newest first) backwards: every instant must still get the zone's offset."""
+    tz = zoneinfo.ZoneInfo(zone)
+    for step in (86400 * 3, -86400 * 5):
+        clock = LocalClock(zone)
+        start = 1_600_000_000
+        for k in range(0, 400):
+            lo = start + k * step
+            clock.cover(min(lo, lo + step), max(lo, lo + step))
+        rng = np.random.default_rng(1)
+        ts = np.sort(rng.integers(min(start, start + 400 * step), max(start, start + 400 * step), 3000))
+        expected = [int(_local(int(t), tz).utcoffset().total_seconds()) for t in ts]
+        assert clock.offsets(ts).tolist() == expected

@@ -17,6 +17,7 @@ import numpy as np
 UTC_NAME = "UTC"
 # Sampling step when looking for transitions: no zone has had two transitions this close.
 _STEP = 6 * 3600
+_MARGIN_DAYS = 366
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
@@ -64,10 +65,27 @@ class LocalClock:
             return
         if self._lo is not None and lo >= self._lo and hi <= self._hi:
             return
-        lo = lo if self._lo is None else min(lo, self._lo)
-        hi = hi if self._hi is None else max(hi, self._hi)
-        # Widened to whole days, so small growths of the range do not rebuild the table each time.
-        lo, hi = (lo // 86400 - 1) * 86400, (hi // 86400 + 2) * 86400
+        # Widened by a year each way: events come in time order, a batch a little past the last,
+        # and each growth scans only the stretch it adds.
+        lo, hi = (lo // 86400 - _MARGIN_DAYS) * 86400, (hi // 86400 + _MARGIN_DAYS) * 86400
+        if self._lo is None:
+            starts, offsets = self._scan(lo, hi)
+        else:
+            starts, offsets = self._starts.tolist(), self._offsets.tolist()
+            if lo < self._lo:
+                # The old table starts at its own lo, with the offset there: it follows on as it is.
+                before, before_offsets = self._scan(lo, self._lo)
+                starts, offsets = before + starts, before_offsets + offsets
+            if hi > self._hi:
+                after, after_offsets = self._scan(self._hi, hi)
+                starts, offsets = starts + after[1:], offsets + after_offsets[1:]
+            lo, hi = min(lo, self._lo), max(hi, self._hi)
+        self._lo, self._hi = lo, hi
+        self._starts = np.asarray(starts, dtype=np.int64)
+        self._offsets = np.asarray(offsets, dtype=np.int64)
+
+    def _scan(self, lo: int, hi: int) -> tuple[list[int], list[int]]:
+        """The offset at ``lo`` and every change in (lo, hi], as (starts, offsets)."""
         starts, offsets = [lo], [_offset(self._zone, lo)]
         t = lo
         while t < hi:
@@ -85,9 +103,7 @@ class LocalClock:
                 starts.append(b)
                 offsets.append(after)
             t = nxt
-        self._lo, self._hi = lo, hi
-        self._starts = np.asarray(starts, dtype=np.int64)
-        self._offsets = np.asarray(offsets, dtype=np.int64)
+        return starts, offsets
 
     def offsets(self, ts: np.ndarray) -> np.ndarray:
         """The UTC offset in seconds at each instant (which must lie in a covered range)."""
