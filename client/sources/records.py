@@ -143,8 +143,9 @@ def _position(raw: BinaryIO) -> int:
 _BOM = b"\xef\xbb\xbf"
 
 
-def json_lines(member: Member, raw: BinaryIO) -> Iterator[tuple[int, Any]]:
-    """One JSON value per line (blank lines skipped), streamed: memory holds one line."""
+def _numbered_lines(member: Member, raw: BinaryIO, hint: str) -> Iterator[tuple[int, bytes]]:
+    """Each line of ``raw`` with its number (from 1), a byte order mark before the first dropped;
+    a line longer than MAX_ROW_BYTES makes the file unusable (memory holds one line)."""
     number = 0
     while True:
         line = raw.readline(MAX_ROW_BYTES + 1)
@@ -152,12 +153,15 @@ def json_lines(member: Member, raw: BinaryIO) -> Iterator[tuple[int, Any]]:
             return
         number += 1
         if len(line) > MAX_ROW_BYTES and not line.endswith(b"\n"):
-            raise InputError(f"{member.name}:{number}: no line ends within {MAX_ROW_BYTES} bytes; is this JSON Lines?")
-        if number == 1:
-            line = line.removeprefix(_BOM)
-        if not line.strip():
-            continue
-        yield number, _loads(line)
+            raise InputError(f"{member.name}:{number}: no line ends within {MAX_ROW_BYTES} bytes{hint}")
+        yield number, line.removeprefix(_BOM) if number == 1 else line
+
+
+def json_lines(member: Member, raw: BinaryIO) -> Iterator[tuple[int, Any]]:
+    """One JSON value per line (blank lines skipped), streamed: memory holds one line."""
+    for number, line in _numbered_lines(member, raw, "; is this JSON Lines?"):
+        if line.strip():
+            yield number, _loads(line)
 
 
 def _loads(data: bytes) -> Any:
@@ -226,16 +230,7 @@ def _array_error(exc: json.JSONDecodeError, consequence: str) -> str:
 def text_lines(member: Member, raw: BinaryIO) -> Iterator[tuple[int, Any]]:
     """Lines of text (\\n or \\r\\n), numbered from 1, blank ones skipped; the text with invalid
     UTF-8 kept as surrogates (``text_field`` rejects a field holding one)."""
-    number = 0
-    while True:
-        line = raw.readline(MAX_ROW_BYTES + 1)
-        if not line:
-            return
-        number += 1
-        if len(line) > MAX_ROW_BYTES and not line.endswith(b"\n"):
-            raise InputError(f"{member.name}:{number}: no line ends within {MAX_ROW_BYTES} bytes")
-        if number == 1:
-            line = line.removeprefix(_BOM)
+    for number, line in _numbered_lines(member, raw, ""):
         text = line.rstrip(b"\r\n").decode("utf-8", errors="surrogateescape")
         if text.strip():
             yield number, text
