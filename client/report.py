@@ -284,7 +284,7 @@ def _load_listening(check: _Checker, section: dict[str, Any]) -> ListeningStats:
     last = check.integer(section["last_ts"], f"{where}.last_ts") if section.get("last_ts") is not None else None
     top_artists = None
     if _has(section, "top_artists"):
-        top_artists = _bars(check, section["top_artists"], f"{where}.top_artists", "artist")
+        top_artists = _read_bars(check, section["top_artists"], f"{where}.top_artists", "artist")
     daily = (
         _daily_cells(check, section["daily_activity"], f"{where}.daily_activity")
         if _has(section, "daily_activity")
@@ -296,7 +296,7 @@ def _load_listening(check: _Checker, section: dict[str, Any]) -> ListeningStats:
     return ListeningStats(zone, first, last, top_artists, daily, activity)
 
 
-def _bars(check: _Checker, value: object, where: str, name: str) -> list[Bar]:
+def _read_bars(check: _Checker, value: object, where: str, name: str) -> list[Bar]:
     """Entries ``{name: ..., "listen_count": n}`` (top artists, top songs) as bars."""
     bars = []
     for i, entry in enumerate(check.array(value, where)):
@@ -415,9 +415,9 @@ def _compact_user(check: _Checker, record: dict[str, Any]) -> dict[str, Any]:
         "a": check.text(check.key(record, "top_artist", "line"), "top_artist"),
     }
     if _has(record, "top_artists"):
-        compact["ta"] = [[b.label, b.value] for b in _bars(check, record["top_artists"], "top_artists", "artist")]
+        compact["ta"] = [[b.label, b.value] for b in _read_bars(check, record["top_artists"], "top_artists", "artist")]
     if _has(record, "top_songs"):
-        compact["ts"] = [[b.label, b.value] for b in _bars(check, record["top_songs"], "top_songs", "song")]
+        compact["ts"] = [[b.label, b.value] for b in _read_bars(check, record["top_songs"], "top_songs", "song")]
     if _has(record, "daily_activity"):
         cells = _daily_cells(check, record["daily_activity"], "daily_activity")
         compact["d"] = [[day * HOURS + hour, n] for (day, hour), n in sorted(cells.items())]
