@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from music_analytics.api import events_pb2, userbehavior_pb2
 from music_analytics.client.merge import UserResult
-from music_analytics.services.common.clock import LocalClock
+from music_analytics.services.common.clock import LocalClock, month_of_day
 from music_analytics.services.common.contract import TOP_ARTISTS, top_ranked
 
 __all__ = ["DAY_NAMES", "Periods", "UserStatsSink", "site_stats"]
@@ -120,10 +120,6 @@ def _year_of_month(months: np.ndarray) -> np.ndarray:
     return months // 12 + 1970
 
 
-def _month_of_day(days: np.ndarray) -> np.ndarray:
-    return days.astype("datetime64[D]").astype("datetime64[M]").astype(np.int64)
-
-
 def daily_activity(cells: np.ndarray) -> list[dict[str, Any]]:
     """Listens per (weekday, hour) cell as ListenBrainz lists them, empty cells left out."""
     return [
@@ -173,8 +169,8 @@ def site_stats(activities: Iterable[userbehavior_pb2.SiteActivity], timezone: st
         "top_artists": top_artists,
         "daily_activity": daily_activity(cells),
         "listening_activity": {
-            "year": periods.series("year", _year_of_month(_month_of_day(day)), per_day),
-            "month": periods.series("month", _month_of_day(day), per_day),
+            "year": periods.series("year", _year_of_month(month_of_day(day)), per_day),
+            "month": periods.series("month", month_of_day(day), per_day),
             "day": periods.series("day", day, per_day),
         },
     }

@@ -143,4 +143,9 @@ class LocalClock:
         return self._plain[1], self._plain[2]
 
 
-__all__ = ["LocalClock", "UnknownTimeZoneError", "load_zone"]
+def month_of_day(days: np.ndarray) -> np.ndarray:
+    """The month (since January 1970) of each day (since 1970-01-01)."""
+    return days.astype("datetime64[D]").astype("datetime64[M]").astype(np.int64)
+
+
+__all__ = ["LocalClock", "UnknownTimeZoneError", "load_zone", "month_of_day"]

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from music_analytics.services.common.clock import LocalClock
+from music_analytics.services.common.clock import LocalClock, month_of_day
 from music_analytics.services.common.columns import IntIds, PartitionedCounter, PendingBatches, StringIds
 from music_analytics.services.common.contract import TOP_PER_USER, TOP_USERS, top_ranked
 
@@ -96,7 +96,7 @@ def local_fields(local: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     day = local // DAY
     hour = (local - day * DAY) // 3600
     cell = ((day + _THURSDAY) % 7) * 24 + hour
-    month = day.astype("datetime64[D]").astype("datetime64[M]").astype(np.int64)
+    month = month_of_day(day)
     return day, cell, month
 
 
