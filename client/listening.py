@@ -267,11 +267,13 @@ class UserLines:
         artist_json, song_json = json_strings(artist_names), json_strings(song_names)
         song_artist_json, song_id_json = json_strings(song_artists), json_strings(song_ids)
         top_artist_json = json_strings(top_artist)
-        lists = {
-            "artists": (_ends(ta.ends), artist_idx, np.frombuffer(ta.counts, dtype="<u4")),
-            "songs": (_ends(ts.ends), np.frombuffer(ts.counts, dtype="<u4")),
-            "cells": (_ends(da.ends), np.frombuffer(da.keys, dtype="<i4"), np.frombuffer(da.counts, dtype="<u4")),
-        }
+        artist_ends, artist_counts = _ends(ta.ends), np.frombuffer(ta.counts, dtype="<u4")
+        song_ends, song_counts = _ends(ts.ends), np.frombuffer(ts.counts, dtype="<u4")
+        cell_ends, cells, cell_counts = (
+            _ends(da.ends),
+            np.frombuffer(da.keys, dtype="<i4"),
+            np.frombuffer(da.counts, dtype="<u4"),
+        )
         m_ends, months, m_counts = _filled(
             _ends(ma.ends),
             np.frombuffer(ma.keys, dtype="<i4").astype(np.int64),
@@ -280,20 +282,20 @@ class UserLines:
         y_ends, years, y_counts = _by_year(m_ends, months, m_counts)
         for lo in range(0, len(ids), SLICE_USERS):
             hi = min(lo + SLICE_USERS, len(ids))
-            a_ends, a, b = _part(lists["artists"][0], lo, hi)
+            a_ends, a, b = _part(artist_ends, lo, hi)
             artist_entries = pc.binary_join_element_wise(
                 '{"artist":', artist_json.take(pa.array(artist_idx[a:b])),
-                ',"listen_count":', _numbers(lists["artists"][2][a:b]), "}", "",
+                ',"listen_count":', _numbers(artist_counts[a:b]), "}", "",
             )  # fmt: skip
-            s_ends, a, b = _part(lists["songs"][0], lo, hi)
+            s_ends, a, b = _part(song_ends, lo, hi)
             song_entries = pc.binary_join_element_wise(
                 '{"song":', song_json.take(pa.array(song_idx[a:b])),
                 ',"artist":', song_artist_json.take(pa.array(song_artist_idx[a:b])),
                 ',"song_id":', song_id_json.take(pa.array(song_id_idx[a:b])),
-                ',"listen_count":', _numbers(lists["songs"][1][a:b]), "}", "",
+                ',"listen_count":', _numbers(song_counts[a:b]), "}", "",
             )  # fmt: skip
-            c_ends, a, b = _part(lists["cells"][0], lo, hi)
-            cell_entries = self._entries(_CELL_PREFIX.take(pa.array(lists["cells"][1][a:b])), lists["cells"][2][a:b])
+            c_ends, a, b = _part(cell_ends, lo, hi)
+            cell_entries = self._entries(_CELL_PREFIX.take(pa.array(cells[a:b])), cell_counts[a:b])
             mo_ends, a, b = _part(m_ends, lo, hi)
             month_text = self._series(self._months, mo_ends, months[a:b], m_counts[a:b])
             ye_ends, a, b = _part(y_ends, lo, hi)
