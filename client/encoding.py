@@ -8,20 +8,10 @@ import pyarrow.compute as pc
 
 from music_analytics.api import events_pb2, userbehavior_pb2
 from music_analytics.client.csv_source import STRING_COLUMNS
+from music_analytics.services.common.events import string_array_message
 
 # 64k rows keep a message near 2 MB for typical ids (PERF-NOTES: 256k rows break 4 MB).
 BATCH_ROWS = 65_536
-
-
-def _string_array_message(arr: pa.Array) -> events_pb2.StringArray:
-    arr = arr.cast(pa.string()) if arr.type != pa.string() else arr
-    _, offsets, data = arr.buffers()
-    offs = np.frombuffer(offsets, dtype="<i4")[arr.offset : arr.offset + len(arr) + 1]
-    if offs[0] != 0:
-        offs = offs - offs[0]
-    start = int(np.frombuffer(offsets, dtype="<i4")[arr.offset])
-    raw = memoryview(data)[start : start + int(offs[-1])] if data is not None else b""
-    return events_pb2.StringArray(offsets=offs.tobytes(), data=bytes(raw))
 
 
 def _dictionary_column(column: pa.ChunkedArray | pa.Array) -> events_pb2.DictionaryColumn:
@@ -34,7 +24,7 @@ def _dictionary_column(column: pa.ChunkedArray | pa.Array) -> events_pb2.Diction
         encoded = pc.dictionary_encode(column)
         dictionary, idx = encoded.dictionary, encoded.indices.to_numpy()
     return events_pb2.DictionaryColumn(
-        dictionary=_string_array_message(dictionary),
+        dictionary=string_array_message(dictionary),
         indices=idx.astype("<u4", copy=False).tobytes(),
     )
 

@@ -135,8 +135,9 @@ def _decode_records(records: events_pb2.PlayEvents, needed: tuple[str, ...]) -> 
     return EventColumns(len(events), columns, duration if DURATION in needed else None, timestamp)
 
 
-def string_array_message(arr: pa.Array) -> events_pb2.StringArray:
-    """A string array as the StringArray message (offsets rebased to 0)."""
+def string_array_message(arr: pa.Array | pa.ChunkedArray) -> events_pb2.StringArray:
+    """A string array as the StringArray message: offsets rebased to 0, only the bytes they span
+    copied (a slice of an array keeps its parent's whole data buffer)."""
     arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
     if arr.type != pa.string():
         arr = arr.cast(pa.string())
@@ -145,7 +146,8 @@ def string_array_message(arr: pa.Array) -> events_pb2.StringArray:
     _, offsets, data = arr.buffers()
     offs = np.frombuffer(offsets, dtype="<i4")[arr.offset : arr.offset + len(arr) + 1]
     start, stop = int(offs[0]), int(offs[-1])
-    return events_pb2.StringArray(offsets=(offs - start).tobytes(), data=data.to_pybytes()[start:stop])
+    raw = memoryview(data)[start:stop] if data is not None else b""
+    return events_pb2.StringArray(offsets=(offs - start if start else offs).tobytes(), data=bytes(raw))
 
 
 def dictionary_column_message(values: pa.Array, ids: np.ndarray) -> events_pb2.DictionaryColumn:
