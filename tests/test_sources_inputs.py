@@ -188,3 +188,15 @@ def test_the_committed_samples_are_what_their_generator_writes(tmp_path):
     assert written == sorted(p.name for p in SAMPLES.iterdir() if p.name != "make_samples.py")
     for name in written:
         assert (tmp_path / name).read_bytes() == (SAMPLES / name).read_bytes(), name
+
+
+def test_the_last_chunk_ends_where_the_input_does_after_trailing_blank_lines(tmp_path, monkeypatch):
+    """Found by the importers' fuzz test: a full chunk followed by nothing but a blank line ended
+    a byte short of the input, so progress never reached 100%."""
+    monkeypatch.setattr(records, "CHUNK_ROWS", 1)
+    line = "user_000001\t2009-01-01T20:46:03Z\t\tRadiohead\t\tAirbag\n"
+    path = tmp_path / "history.tsv"
+    path.write_text(line * 3 + "\n\n")
+    source = open_source(path, format="lastfm-1k")
+    offsets = [chunk.end_offset for chunk in source.chunks()]
+    assert len(offsets) == 3 and offsets == sorted(offsets) and offsets[-1] == source.total_bytes

@@ -111,6 +111,9 @@ def record_chunks(
     ``reader`` gives a file's reader and what its places count ("line" or "record")."""
     builder = ChunkBuilder(rows or CHUNK_ROWS)
     base = 0
+    # A full chunk is held until a record after it is read: what follows its last record may be
+    # only blank lines or the end of a file, and then the chunk ends where the input does.
+    held: Chunk | None = None
     for member in members:
         read, unit = reader(member)
         with member.open() as raw:
@@ -127,10 +130,18 @@ def record_chunks(
                 except SkippedRecordError as skip:
                     builder.skipped[skip.reason] = builder.skipped.get(skip.reason, 0) + 1
                 if builder.full:
-                    yield builder.build(base + min(member.size, _position(raw)))
+                    if held is not None:
+                        yield held
+                    held = builder.build(base + min(member.size, _position(raw)))
         base += member.size
-    if not builder.empty:
-        yield builder.build(base)
+    if builder.empty:
+        if held is not None:
+            held.end_offset = base
+            yield held
+        return
+    if held is not None:
+        yield held
+    yield builder.build(base)
 
 
 def _position(raw: BinaryIO) -> int:
