@@ -157,6 +157,22 @@ def _distinct_sorted(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return keys[starts], np.diff(np.append(starts, len(keys))).astype(COUNT_DTYPE)
 
 
+def _weighted_sorted(parts: list[np.ndarray], weights: list[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct keys of ``parts``, sorted, with the sum of their weights (a part without weights
+    weighs 1 a key)."""
+    keys = np.concatenate(parts)
+    w = np.concatenate(
+        [
+            np.ones(len(p), dtype=np.uint64) if pw is None else pw.astype(np.uint64)
+            for p, pw in zip(parts, weights, strict=True)
+        ]
+    )
+    order = np.argsort(keys, kind="stable")
+    keys, w = keys[order], w[order]
+    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+    return keys[starts], np.add.reduceat(w, starts)
+
+
 class KeyCounter:
     """Counts int64 keys with memory bounded by the number of distinct keys.
 
@@ -172,11 +188,19 @@ class KeyCounter:
     def __init__(self) -> None:
         self._runs: list[tuple[np.ndarray, np.ndarray]] = []
         self._pending: list[np.ndarray] = []
+        self._pending_weights: list[np.ndarray | None] = []
         self._pending_rows = 0
+        self._wide = False  # counts are uint64 (some keys came weighted), not uint32
 
-    def add(self, keys: np.ndarray) -> None:
+    def add(self, keys: np.ndarray, weights: np.ndarray | None = None) -> None:
+        """Count each key once, or ``weights[i]`` times (at least 1 each)."""
         self._pending.append(keys)
+        self._pending_weights.append(weights)
         self._pending_rows += len(keys)
+        if weights is not None and not self._wide:
+            # Weighted sums can pass 2**32: from now on every run counts in 64 bits.
+            self._wide = True
+            self._runs = [(k, c.astype(np.uint64)) for k, c in self._runs]
         if self._pending_rows >= self.RUN_ROWS:
             self._seal()
 
@@ -186,16 +210,21 @@ class KeyCounter:
     @property
     def nbytes(self) -> int:
         """Memory held by the runs and the keys not yet sorted into one."""
-        # Pending keys are int64; the runs are O(log n) arrays.
-        return sum(k.nbytes + c.nbytes for k, c in self._runs) + 8 * self._pending_rows
+        # Pending keys are int64 (weights, when given, as much again); the runs are O(log n) arrays.
+        return sum(k.nbytes + c.nbytes for k, c in self._runs) + (16 if self._wide else 8) * self._pending_rows
 
     def _seal(self) -> None:
         if not self._pending:
             return
-        keys = np.concatenate(self._pending)
-        self._pending, self._pending_rows = [], 0
-        keys.sort()
-        self._runs.append(_distinct_sorted(keys))
+        parts, weights = self._pending, self._pending_weights
+        self._pending, self._pending_weights, self._pending_rows = [], [], 0
+        if all(w is None for w in weights):
+            keys = np.concatenate(parts)
+            keys.sort()
+            keys, counts = _distinct_sorted(keys)
+            self._runs.append((keys, counts.astype(np.uint64) if self._wide else counts))
+        else:
+            self._runs.append(_weighted_sorted(parts, weights))
         while len(self._runs) > 1 and 2 * len(self._runs[-1][0]) >= len(self._runs[-2][0]):
             newer = self._runs.pop()
             self._runs.append(_merge_into(self._runs.pop(), newer))
@@ -298,24 +327,28 @@ class PartitionedCounter:
             self._parts.append(counter)
         return self._parts[index]
 
-    def add(self, keys: np.ndarray) -> None:
+    def add(self, keys: np.ndarray, weights: np.ndarray | None = None) -> None:
+        """As KeyCounter.add."""
         if len(keys) == 0:
             return
         part = keys >> self._shift
         lo, hi = int(part.min()), int(part.max())
         if lo == hi:
-            self._part(lo).add(keys)
+            self._part(lo).add(keys, weights)
             return
         self._part(hi)
         # A stable sort of small integers is a radix sort: linear, unlike sorting the keys.
         order = np.argsort((part - lo).astype(np.uint16 if hi - lo < 1 << 16 else np.int64), kind="stable")
         grouped = keys[order]
+        grouped_weights = None if weights is None else weights[order]
         ends = np.cumsum(np.bincount(part - lo, minlength=hi - lo + 1))
         start = 0
         for offset, end in enumerate(ends.tolist()):
             if end > start:
                 # A copy: a view would keep the whole batch alive until this partition seals.
-                self._parts[lo + offset].add(grouped[start:end].copy())
+                self._parts[lo + offset].add(
+                    grouped[start:end].copy(), None if grouped_weights is None else grouped_weights[start:end].copy()
+                )
             start = end
 
     def __len__(self) -> int:

@@ -22,6 +22,7 @@ from music_analytics.services.common.timestamps import parse_timestamp
 
 # Columns each service reads; the others may be absent from what it is sent.
 USER, SONG, ARTIST, DURATION, TIMESTAMP = "user_id", "song_id", "artist", "duration", "timestamp"
+PLAYS = "plays"
 STRING_COLUMNS = (USER, SONG, ARTIST)
 TIMESTAMP_RANGE = "is outside the times accepted, 1900-01-01 up to 2200-01-01 UTC"
 
@@ -38,6 +39,9 @@ class EventColumns:
     columns: dict[str, DictColumn]
     duration: np.ndarray | None
     timestamp: np.ndarray | None = None  # int64 seconds since 1970 UTC
+    # uint32 plays each row stands for; None when every row is one play (the usual case, kept
+    # free of a column of ones).
+    plays: np.ndarray | None = None
 
 
 def decode_chunk(chunk: events_pb2.EventChunk, needed: tuple[str, ...]) -> EventColumns:
@@ -87,7 +91,14 @@ def _decode_batch(batch: events_pb2.EventBatch, needed: tuple[str, ...]) -> Even
         columns,
         duration if DURATION in needed else None,
         timestamp if TIMESTAMP in needed else None,
+        _plays(uint32_column(batch.plays, rows, PLAYS)) if batch.plays else None,
     )
+
+
+def _plays(plays: np.ndarray) -> np.ndarray | None:
+    if int(plays.min()) == 0:
+        raise InvalidBatchError(f"plays: row {int(np.argmin(plays))} stands for 0 plays; a row is at least 1 play")
+    return None if int(plays.max()) == 1 else plays
 
 
 def _dictionary_column(column: events_pb2.DictionaryColumn, rows: int, name: str) -> tuple[pa.Array, np.ndarray]:
@@ -132,7 +143,11 @@ def _decode_records(records: events_pb2.PlayEvents, needed: tuple[str, ...]) -> 
         encoded = pc.dictionary_encode(pa.array(values, type=pa.string()))
         columns[name] = DictColumn(encoded.dictionary, encoded.indices.to_numpy().astype(np.uint32))
     duration = np.fromiter((e.duration for e in events), dtype=np.uint32, count=len(events))
-    return EventColumns(len(events), columns, duration if DURATION in needed else None, timestamp)
+    # 0 is proto3's unset: one play.
+    plays = np.fromiter((e.plays or 1 for e in events), dtype=np.uint32, count=len(events))
+    return EventColumns(
+        len(events), columns, duration if DURATION in needed else None, timestamp, None if plays.max() == 1 else plays
+    )
 
 
 def string_array_message(arr: pa.Array | pa.ChunkedArray) -> events_pb2.StringArray:

@@ -58,12 +58,18 @@ class PlayCounter:
         return self._artists.values.nbytes + self._song_ids.values.nbytes + self._pairs.nbytes + self._pending.nbytes
 
     def add_columns(
-        self, artist_dict: pa.Array, artist_idx: np.ndarray, song_dict: pa.Array, song_idx: np.ndarray
+        self,
+        artist_dict: pa.Array,
+        artist_idx: np.ndarray,
+        song_dict: pa.Array,
+        song_idx: np.ndarray,
+        plays: np.ndarray | None = None,
     ) -> None:
-        """Add a batch given as two dictionary-encoded columns (row i: artist_dict[artist_idx[i]])."""
+        """Add a batch given as two dictionary-encoded columns (row i: artist_dict[artist_idx[i]]);
+        row i is ``plays[i]`` plays, or one without ``plays``."""
         if len(artist_idx) == 0:
             return
-        self._pending.add((artist_dict, artist_idx, song_dict, song_idx), len(artist_idx))
+        self._pending.add((artist_dict, artist_idx, song_dict, song_idx, plays), len(artist_idx))
         self.events += len(artist_idx)
         self._songs = None
         if self._pending.due(max(len(self._artists), len(self._song_ids))):
@@ -73,10 +79,10 @@ class PlayCounter:
         items = self._pending.take()
         if not items:
             return
-        artist_maps = self._artists.map_arrays([a for a, _, _, _ in items])
-        song_maps = self._song_ids.map_arrays([s for _, _, s, _ in items])
-        for (_, a_idx, _, s_idx), a_map, s_map in zip(items, artist_maps, song_maps, strict=True):
-            self._pairs.add((a_map[a_idx] << _SONG_BITS) | s_map[s_idx])
+        artist_maps = self._artists.map_arrays([item[0] for item in items])
+        song_maps = self._song_ids.map_arrays([item[2] for item in items])
+        for (_, a_idx, _, s_idx, plays), a_map, s_map in zip(items, artist_maps, song_maps, strict=True):
+            self._pairs.add((a_map[a_idx] << _SONG_BITS) | s_map[s_idx], plays)
 
     def add_events(self, events: Iterable[tuple[str, str]]) -> None:
         """Add plain (artist, song_id) records."""

@@ -29,7 +29,7 @@ class MapReduceServicer(mapreduce_pb2_grpc.MapReduceServiceServicer):
 
             def add(batch: EventColumns) -> None:
                 artist, song = batch.columns[ARTIST], batch.columns[SONG]
-                counter.add_columns(artist.dictionary, artist.indices, song.dictionary, song.indices)
+                counter.add_columns(artist.dictionary, artist.indices, song.dictionary, song.indices, batch.plays)
 
             top_n = ingest(request_iterator, context, self.m, (ARTIST, SONG), add, TOP_SONGS, counter, self.limits)
             top = counter.top(top_n)

@@ -61,6 +61,7 @@ class UserColumns:
     monthly_activity: Lists  # keys: months since January 1970 (local)
     artists: pa.Array  # artist names, by artist id
     songs: SongNames
+    artist_plays: Lists | None = None  # every artist a user played; keys: indices into ``artists``
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,9 @@ def _merge_spellings(
     return users[starts], songs[starts], np.add.reduceat(counts, starts)
 
 
+_MAX_COUNT = (1 << 32) - 1
+
+
 class _ListBuilder:
     """Collects per-user lists range by range (users ascending) into one flat Lists."""
 
@@ -169,7 +173,8 @@ class _ListBuilder:
         self._per_user += np.bincount(users, minlength=len(self._per_user))
         # Every key kind fits 32 bits (ids, cells, months): the lists of every user are held at once.
         self._keys.append(keys.astype(np.int32))
-        self._counts.append(counts.astype(np.uint32))
+        # Weighted counts (rows of many plays) may pass 32 bits: the most a list can say is kept.
+        self._counts.append(np.minimum(counts, _MAX_COUNT).astype(np.uint32))
 
     def build(self) -> Lists:
         ends = np.cumsum(self._per_user).astype(np.uint32)
@@ -216,6 +221,9 @@ class UserStats:
         self.first_ts: int | None = None
         self.last_ts: int | None = None
         self._pending = PendingBatches()
+        # Whether the lists include every user's plays per artist, not only the top ones (what
+        # the recommender learns from); set before the lists are built.
+        self.artist_plays = False
         self._lists: dict[str, Lists] | None = None
         # Set once the counts are read out into the per-user lists (the counters are let go then).
         self._pairs: int | None = None
@@ -263,14 +271,15 @@ class UserStats:
         song_idx: np.ndarray,
         duration: np.ndarray,
         timestamp: np.ndarray,
+        plays: np.ndarray | None = None,
     ) -> None:
-        """Add a batch: dictionary-encoded user, artist and song_id columns, durations (seconds) and
-        timestamps (seconds since 1970 UTC)."""
+        """Add a batch: dictionary-encoded user, artist and song_id columns, durations (seconds),
+        timestamps (seconds since 1970 UTC) and how many plays each row is (one each without it)."""
         if len(user_idx) == 0:
             return
         if self._pairs is not None:
             raise RuntimeError("events added after the statistics were read out")
-        item = (user_dict, user_idx, artist_dict, artist_idx, song_dict, song_idx, duration, timestamp)
+        item = (user_dict, user_idx, artist_dict, artist_idx, song_dict, song_idx, duration, timestamp, plays)
         self._pending.add(item, len(user_idx))
         self.events += len(user_idx)
         self._lists = None
@@ -295,11 +304,17 @@ class UserStats:
         # The strings were mapped for all batches at once (that is what costs); the numbers are done
         # a batch at a time, so their temporaries are a batch's, not a million rows'.
         for item, user_map, artist_map, song_map in zip(items, user_maps, artist_maps, song_maps, strict=True):
-            self._add_numbers(user_map[item[1]], artist_map[item[3]], song_map[item[5]], item[6], item[7])
+            self._add_numbers(user_map[item[1]], artist_map[item[3]], song_map[item[5]], *item[6:])
         self._release()
 
     def _add_numbers(
-        self, users: np.ndarray, artists: np.ndarray, song_ids: np.ndarray, duration: np.ndarray, ts: np.ndarray
+        self,
+        users: np.ndarray,
+        artists: np.ndarray,
+        song_ids: np.ndarray,
+        duration: np.ndarray,
+        ts: np.ndarray,
+        plays: np.ndarray | None,
     ) -> None:
         n = len(self._time)
         duration = duration.astype(np.int64)
@@ -307,21 +322,23 @@ class UserStats:
         low = np.bincount(users, weights=duration & 0xFFFF, minlength=n).astype(np.int64)
         high = np.bincount(users, weights=duration >> 16, minlength=n).astype(np.int64)
         self._time += low + (high << 16)
-        self._plays += np.bincount(users, minlength=n)
-        self._artist_plays += np.bincount(artists, minlength=len(self._artist_plays))
+        # A batch's weighted sums stay below 2^53 (2^20 rows of at most 2^32 plays): exact in float64.
+        weights = None if plays is None else plays.astype(np.float64)
+        self._plays += np.bincount(users, weights, minlength=n).astype(np.int64)
+        self._artist_plays += np.bincount(artists, weights, minlength=len(self._artist_plays)).astype(np.int64)
         songs = self._songs.map((artists << _ITEM_BITS) | song_ids)
-        self._user_songs.add((users << _ITEM_BITS) | songs)
+        self._user_songs.add((users << _ITEM_BITS) | songs, plays)
 
         ts = ts.astype(np.int64)
         lo, hi = int(ts.min()), int(ts.max())
         self.first_ts = lo if self.first_ts is None else min(self.first_ts, lo)
         self.last_ts = hi if self.last_ts is None else max(self.last_ts, hi)
         day, cell, month = local_fields(self.clock.local(ts))
-        self._when.add((users << _WHEN_BITS) | (cell << _MONTH_BITS) | (month + _MONTH_BIAS))
-        self._cells += np.bincount(cell, minlength=CELLS)
-        self._add_days(day)
+        self._when.add((users << _WHEN_BITS) | (cell << _MONTH_BITS) | (month + _MONTH_BIAS), plays)
+        self._cells += np.bincount(cell, weights, minlength=CELLS).astype(np.int64)
+        self._add_days(day, weights)
 
-    def _add_days(self, day: np.ndarray) -> None:
+    def _add_days(self, day: np.ndarray, weights: np.ndarray | None) -> None:
         lo, hi = int(day.min()), int(day.max())
         if not len(self._day_counts):
             self._day0 = lo
@@ -331,7 +348,7 @@ class UserStats:
             grown = np.zeros(size, dtype=np.int64)
             grown[self._day0 - new0 : self._day0 - new0 + len(self._day_counts)] = self._day_counts
             self._day_counts, self._day0 = grown, new0
-        self._day_counts += np.bincount(day - new0, minlength=size)
+        self._day_counts += np.bincount(day - new0, weights, minlength=size).astype(np.int64)
 
     def _song_names(self) -> tuple[SongNames, np.ndarray, np.ndarray]:
         """Names of every song; each song's key id (two (artist, song_id) pairs may spell one key);
@@ -358,7 +375,7 @@ class UserStats:
         artist_rank = np.empty(len(self._artists), dtype=np.int64)
         artist_rank[pc.sort_indices(self._artists.values).to_numpy()] = np.arange(len(self._artists))
         low = (1 << _ITEM_BITS) - 1
-        top_songs, top_artists = _ListBuilder(n), _ListBuilder(n)
+        top_songs, top_artists, artist_plays = _ListBuilder(n), _ListBuilder(n), _ListBuilder(n)
         pairs = 0
         # Drained: each block of users' counts is let go once its lists are made.
         for keys, counts in self._user_songs.drain(rows=_RANGE_ROWS, align_bits=_ITEM_BITS):
@@ -369,6 +386,8 @@ class UserStats:
             a_users, a_ids = by_artist >> _ITEM_BITS, by_artist & low
             best = top_per_group(a_users, a_ids, artist_counts, artist_rank, TOP_PER_USER)
             top_artists.add(a_users[best], a_ids[best], artist_counts[best])
+            if self.artist_plays:
+                artist_plays.add(a_users, a_ids, artist_counts)
             if collisions:
                 users, songs, counts = _merge_spellings(users, songs, counts, canonical, song_artist, artist_rank)
             best = top_per_group(users, songs, counts, song_rank, TOP_PER_USER)
@@ -387,6 +406,7 @@ class UserStats:
         self._lists = {
             "top_songs": top_songs.build(),
             "top_artists": top_artists.build(),
+            "artist_plays": artist_plays.build(),
             "daily_activity": cells.build(),
             "monthly_activity": months.build(),
         }
@@ -413,6 +433,7 @@ class UserStats:
                 top_songs=lists["top_songs"].take(ids),
                 daily_activity=lists["daily_activity"].take(ids),
                 monthly_activity=lists["monthly_activity"].take(ids),
+                artist_plays=lists["artist_plays"].take(ids) if self.artist_plays else None,
                 artists=self._artists.values,
                 songs=self._names,
             )

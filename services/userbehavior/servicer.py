@@ -7,8 +7,9 @@ from collections.abc import Iterator
 
 import grpc
 import numpy as np
+import pyarrow as pa
 
-from music_analytics.api import userbehavior_pb2, userbehavior_pb2_grpc
+from music_analytics.api import events_pb2, userbehavior_pb2, userbehavior_pb2_grpc
 from music_analytics.services.common.clock import LocalClock, UnknownTimeZoneError
 from music_analytics.services.common.config import CallLimits
 from music_analytics.services.common.contract import TOP_USERS, USERBEHAVIOR, USERS_PER_MESSAGE
@@ -43,6 +44,7 @@ class UserBehaviorServicer(userbehavior_pb2_grpc.UserBehaviorServiceServicer):
             stats = UserStats(release=release_memory)
 
             def settings(request: userbehavior_pb2.AnalyzeUsersRequest) -> None:
+                stats.artist_plays = request.artist_plays
                 try:
                     stats.clock = LocalClock(request.timezone)
                 except UnknownTimeZoneError as exc:
@@ -54,7 +56,7 @@ class UserBehaviorServicer(userbehavior_pb2_grpc.UserBehaviorServiceServicer):
                     c[USER].dictionary, c[USER].indices,
                     c[ARTIST].dictionary, c[ARTIST].indices,
                     c[SONG].dictionary, c[SONG].indices,
-                    batch.duration, batch.timestamp,
+                    batch.duration, batch.timestamp, batch.plays,
                 )  # fmt: skip
 
             top_n = ingest(request_iterator, context, self.m, NEEDED, add, TOP_USERS, stats, self.limits, settings)
@@ -108,6 +110,15 @@ def summaries_message(chunk: UserColumns) -> userbehavior_pb2.UserSummaries:
         ),
         daily_activity=_keyed_counts(chunk.daily_activity),
         monthly_activity=_keyed_counts(chunk.monthly_activity),
+        artist_plays=None if chunk.artist_plays is None else artist_plays_message(chunk.artist_plays, chunk.artists),
+    )
+
+
+def artist_plays_message(lists: Lists, artists: pa.Array) -> events_pb2.ArtistPlays:
+    return events_pb2.ArtistPlays(
+        ends=lists.ends.astype("<u4").tobytes(),
+        artists=dictionary_column_message(artists, lists.keys),
+        plays=lists.counts.astype("<u4").tobytes(),
     )
 
 
