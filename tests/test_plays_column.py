@@ -157,3 +157,16 @@ def test_records_carry_plays_and_zero_means_one():
     )
     decoded = decode_chunk(events_pb2.EventChunk(records=records), ("artist",))
     assert decoded.plays.tolist() == [4, 1]
+
+
+def test_summaries_split_so_no_message_carries_too_many_artist_entries():
+    ev = _events(4)
+    stats = _user_stats(ev, None)
+    chunks = list(stats.summaries(chunk=1000, entries=25))
+    sizes = [int(c.artist_plays.ends[-1]) for c in chunks]
+    per_user = [int(e) for c in chunks for e in np.diff(np.concatenate(([0], c.artist_plays.ends)))]
+    assert all(size <= 25 or len(c.user_ids) == 1 for size, c in zip(sizes, chunks, strict=True))
+    assert len(chunks) > 1 and sum(len(c.user_ids) for c in chunks) == stats.distinct_users
+    assert sum(per_user) == len(set(zip(ev["user"].tolist(), ev["artist"].tolist(), strict=True)))
+    one = list(stats.summaries(chunk=1000, entries=1))  # a user with more entries still gets a message
+    assert [len(c.user_ids) for c in one] == [1] * stats.distinct_users

@@ -43,6 +43,13 @@ MAX_BATCH_ROWS = 1 << 20
 USERS_PER_MESSAGE = 20_000
 MAX_USERS_PER_MESSAGE = 100_000
 
+# Personalized artists per user (ArtistModelSettings.n): the default for 0, and the bound.
+PERSONALIZED_N = 10
+MAX_PERSONALIZED_N = 100
+# (user, artist) entries in one ArtistPlays or ArtistRecommendations message: about 8 MB of numbers,
+# half the message limit, whatever the users' history.
+ARTIST_ENTRIES_PER_MESSAGE = 1 << 20
+
 HEALTH_SERVICE = "grpc.health.v1.Health"
 # How a RESOURCE_EXHAUSTED refusal for capacity (too many calls at once) begins: a client may
 # retry it later, unlike a refusal for what the call itself asked.
@@ -84,6 +91,8 @@ RECOMMENDATION = ServiceContract(
     50055,
     9055,
 )
+# The Recommendation service's second method: personalized artists from every user's plays.
+RECOMMEND_ARTISTS_METHOD = f"/{RECOMMENDATION.full_name}/RecommendArtists"
 SERVICES: dict[str, ServiceContract] = {s.name: s for s in (MAPREDUCE, USERBEHAVIOR, RECOMMENDATION)}
 
 

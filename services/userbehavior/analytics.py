@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 
 from music_analytics.services.common.clock import LocalClock, month_of_day
 from music_analytics.services.common.columns import IntIds, PartitionedCounter, PendingBatches, StringIds
-from music_analytics.services.common.contract import TOP_PER_USER, TOP_USERS, top_ranked
+from music_analytics.services.common.contract import ARTIST_ENTRIES_PER_MESSAGE, TOP_PER_USER, TOP_USERS, top_ranked
 
 DAY = 86400
 CELLS = 7 * 24  # (weekday, hour) cells, Monday = 0: weekday * 24 + hour
@@ -414,16 +414,27 @@ class UserStats:
         self._pairs = pairs
         return self._lists
 
-    def summaries(self, chunk: int = 50_000) -> Iterator[UserColumns]:
-        """Every user's summary and statistics in user_id order, ``chunk`` users at a time."""
+    def summaries(self, chunk: int = 50_000, entries: int = ARTIST_ENTRIES_PER_MESSAGE) -> Iterator[UserColumns]:
+        """Every user's summary and statistics in user_id order, ``chunk`` users at a time, and
+        fewer when their plays per artist (if kept) would pass ``entries`` (one user at least)."""
         lists = self._build_lists()
         top = lists["top_artists"]
         first = np.concatenate(([0], top.ends[:-1].astype(np.int64)))
         top_artist_id = top.keys[first] if len(top.keys) else np.empty(0, dtype=np.int64)
         users = self._users.values
         by_name = pc.sort_indices(users).to_numpy()
-        for start in range(0, len(users), chunk):
-            ids = by_name[start : start + chunk]
+        sizes = None
+        if self.artist_plays:
+            ends = lists["artist_plays"].ends.astype(np.int64)
+            sizes = np.cumsum(np.diff(np.concatenate(([0], ends)))[by_name])
+        start = 0
+        while start < len(users):
+            stop = min(start + chunk, len(users))
+            if sizes is not None:
+                before = int(sizes[start - 1]) if start else 0
+                stop = max(start + 1, min(stop, int(np.searchsorted(sizes, before + entries, side="right"))))
+            ids = by_name[start:stop]
+            start = stop
             yield UserColumns(
                 user_ids=pc.take(users, pa.array(ids)).to_pylist(),
                 total_time=self._time[ids].tolist(),
