@@ -45,6 +45,21 @@ def _add_run_arguments(p: argparse.ArgumentParser, data_required: bool) -> None:
         metavar="AREA/CITY",
         help="IANA time zone the time statistics (hour, weekday, day, month, year) are computed in (default UTC)",
     )
+    p.add_argument(
+        "--personalized-n",
+        type=_non_negative_int,
+        default=10,
+        metavar="N",
+        help="artists recommended to each user in the per-user statistics, learned from everyone's plays "
+        "(default 10; 0: none)",
+    )
+    p.add_argument(
+        "--recommender",
+        default="",
+        metavar="ALGORITHM",
+        help="the recommender's algorithm (default: the service's, bm25; see `evaluate --help`)",
+    )
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="seeds the recommender (default 0)")
     p.add_argument("--strict", action="store_true", help="stop at the first bad row (exit 3) instead of skipping it")
     p.add_argument("--quiet", action="store_true", help="print no summary")
 
@@ -66,6 +81,22 @@ def _check_timezone(name: str) -> str | None:
     except UnknownTimeZoneError as exc:
         return f"--timezone: {exc}"
     return None
+
+
+def _check_recommender(name: str) -> str | None:
+    """Why ``name`` is not an algorithm the Recommendation service has, or None (empty: its default)."""
+    from music_analytics.services.recommendation.model import ALGORITHMS
+
+    if name and name not in ALGORITHMS:
+        return f"--recommender: unknown algorithm {name!r}; expected one of {', '.join(ALGORITHMS)}"
+    return None
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -203,7 +234,7 @@ def _run(args: argparse.Namespace) -> int:
     from music_analytics.services.common import logging as json_logging
 
     json_logging.configure("client", os.environ.get("MUSIC_ANALYTICS_LOG_LEVEL", "warning"))
-    problem = _check_timezone(args.timezone)
+    problem = _check_timezone(args.timezone) or _check_recommender(args.recommender)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_INPUT
@@ -226,6 +257,9 @@ def _run(args: argparse.Namespace) -> int:
         user_stats=user_stats_path(args.out, args.user_stats),
         format=args.format,
         user=args.user,
+        personalized_n=args.personalized_n,
+        algorithm=args.recommender,
+        seed=args.seed,
     )
     try:
         result = run_pipeline(config)
@@ -361,6 +395,9 @@ def _demo(args: argparse.Namespace) -> int:
                 "--recommendation",
                 services.target("recommendation"),
             ]
+            run_args += ["--personalized-n", str(args.personalized_n), "--seed", str(args.seed)]
+            if args.recommender:
+                run_args += ["--recommender", args.recommender]
             if args.format:
                 run_args += ["--format", args.format]
             if args.user is not None:

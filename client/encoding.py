@@ -43,7 +43,7 @@ def _compact(dictionary: pa.Array, idx: np.ndarray) -> tuple[pa.Array, np.ndarra
     return dictionary.filter(pa.array(used)), renumbered[idx]
 
 
-ALL_COLUMNS = (*STRING_COLUMNS, "duration", "timestamp")
+ALL_COLUMNS = (*STRING_COLUMNS, "duration", "timestamp", "plays")
 
 
 def encode_batch(table: pa.Table, columns: tuple[str, ...] = ALL_COLUMNS) -> bytes:
@@ -59,6 +59,10 @@ def encode_batch(table: pa.Table, columns: tuple[str, ...] = ALL_COLUMNS) -> byt
             batch.duration = table["duration"].combine_chunks().to_numpy().astype("<u4", copy=False).tobytes()
         elif name == "timestamp":
             batch.timestamp = table["timestamp"].combine_chunks().to_numpy().astype("<i8", copy=False).tobytes()
+        elif name == "plays":
+            # Only inputs with a plays column have one; without it every row is one play.
+            if "plays" in table.column_names:
+                batch.plays = table["plays"].combine_chunks().to_numpy().astype("<u4", copy=False).tobytes()
         else:
             getattr(batch, name).CopyFrom(_dictionary_column(table[name]))
     return userbehavior_pb2.AnalyzeUsersRequest(events=events_pb2.EventChunk(batch=batch)).SerializeToString()

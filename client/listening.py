@@ -8,12 +8,13 @@ cost more than the whole analysis.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -22,8 +23,12 @@ import pyarrow.compute as pc
 
 from music_analytics.api import events_pb2, userbehavior_pb2
 from music_analytics.client.merge import UserResult
+from music_analytics.client.replicas import ServiceError
 from music_analytics.services.common.clock import LocalClock, month_of_day
 from music_analytics.services.common.contract import TOP_ARTISTS, top_ranked
+
+if TYPE_CHECKING:
+    from music_analytics.client.personalized import PlaysSpool
 
 __all__ = ["DAY_NAMES", "Periods", "UserStatsSink", "site_stats"]
 
@@ -32,13 +37,13 @@ _DAY = 86400
 _NEEDS_ESCAPE = r'["\\\x00-\x1f\x7f]'
 
 
-def _strings(message: events_pb2.StringArray) -> pa.Array:
+def strings(message: events_pb2.StringArray) -> pa.Array:
     count = len(message.offsets) // 4 - 1
     return pa.Array.from_buffers(pa.string(), count, [None, pa.py_buffer(message.offsets), pa.py_buffer(message.data)])
 
 
 def _column(column: events_pb2.DictionaryColumn) -> tuple[pa.Array, np.ndarray]:
-    return _strings(column.dictionary), np.frombuffer(column.indices, dtype="<u4")
+    return strings(column.dictionary), np.frombuffer(column.indices, dtype="<u4")
 
 
 def json_strings(values: pa.Array) -> pa.Array:
@@ -57,7 +62,7 @@ def _numbers(values: np.ndarray) -> pa.Array:
     return pc.cast(pa.array(values), pa.string())
 
 
-def _group_concat(entries: pa.Array, ends: np.ndarray) -> pa.Array:
+def group_concat(entries: pa.Array, ends: np.ndarray) -> pa.Array:
     """Per group, its entries joined with ",": group i holds entries ends[i-1]:ends[i]."""
     n = len(entries)
     last = np.zeros(n, dtype=bool)
@@ -139,7 +144,7 @@ def site_stats(activities: Iterable[userbehavior_pb2.SiteActivity], timezone: st
         days.append(np.frombuffer(a.days, dtype="<i4").astype(np.int64))
         day_counts.append(np.frombuffer(a.day_counts, dtype="<u8").astype(np.int64))
         if a.artists.offsets:
-            names.append(_strings(a.artists))
+            names.append(strings(a.artists))
             artist_counts.append(np.frombuffer(a.artist_counts, dtype="<u8").astype(np.int64))
         if len(a.days):
             first = a.first_ts if first is None else min(first, a.first_ts)
@@ -251,7 +256,7 @@ class UserLines:
 
     def _series(self, labels: _Labels, ends: np.ndarray, keys: np.ndarray, counts: np.ndarray) -> pa.Array:
         entries = self._entries(labels.take(keys), counts) if len(keys) else pa.array([], pa.string())
-        return _group_concat(entries, ends)
+        return group_concat(entries, ends)
 
     def format(self, users: userbehavior_pb2.UserSummaries) -> Iterator[tuple[list[str], pa.Array]]:
         """The users' ids and lines, ``SLICE_USERS`` users at a time: the text being built (several
@@ -304,9 +309,9 @@ class UserLines:
                 '{"user_id":', user_ids.slice(lo, hi - lo),
                 ',"total_time":', _numbers(total_time[lo:hi]),
                 ',"top_artist":', top_artist_json.slice(lo, hi - lo),
-                ',"top_artists":[', _group_concat(artist_entries, a_ends),
-                '],"top_songs":[', _group_concat(song_entries, s_ends),
-                '],"daily_activity":[', _group_concat(cell_entries, c_ends),
+                ',"top_artists":[', group_concat(artist_entries, a_ends),
+                '],"top_songs":[', group_concat(song_entries, s_ends),
+                '],"daily_activity":[', group_concat(cell_entries, c_ends),
                 '],"listening_activity":{"year":[', year_text,
                 '],"month":[', month_text,
                 "]}}\n", "",
@@ -348,16 +353,20 @@ class UserStatsSink:
     (each shard's answer is in that order already).
     """
 
-    def __init__(self, timezone: str, path: Path | None) -> None:
+    def __init__(self, timezone: str, path: Path | None, spool: Callable[[Path], PlaysSpool] | None = None) -> None:
         self._timezone = timezone
         self._path = path
+        # Where each shard's plays per artist go (personalized recommendations), beside its lines.
+        self._spool = spool if path is not None else None
         self._parts: dict[int, _ShardPart] = {}
 
     def handler(self, shard: int) -> Callable[[userbehavior_pb2.AnalyzeUsersResponse], bool]:
         old = self._parts.pop(shard, None)
         if old is not None:
             old.discard()
-        part = self._parts[shard] = _ShardPart(self._timezone, self._part_path(shard))
+        path = self._part_path(shard)
+        spool = None if self._spool is None or path is None else self._spool(path.with_suffix(".plays"))
+        part = self._parts[shard] = _ShardPart(self._timezone, path, spool)
         return part.take
 
     def _part_path(self, shard: int) -> Path | None:
@@ -365,14 +374,23 @@ class UserStatsSink:
             return None
         return self._path.with_name(f".{self._path.name}.shard{shard}.tmp")
 
+    def spools(self) -> list[PlaysSpool]:
+        """Each shard's plays per artist, in shard order (none unless a spool was given)."""
+        return [self._parts[s].spool for s in sorted(self._parts) if self._parts[s].spool is not None]
+
     def users(self) -> list[UserResult]:
         """Every user's summary, by user_id."""
         users = [u for part in self._parts.values() for u in part.users]
         users.sort(key=attrgetter("user_id"))
         return users
 
-    def finish(self) -> int:
-        """Close the parts and write the per-user file (if asked for); returns its users."""
+    def finish(self, additions: Iterator[tuple[str, bytes]] | None = None) -> int:
+        """Close the parts and write the per-user file (if asked for); returns its users.
+
+        ``additions``: (user_id, text) for every user in user_id order, the text added at the end
+        of the user's line (it starts with a comma). Until this returns the parts are kept, so a
+        failure while reading ``additions`` can be followed by another ``finish``.
+        """
         parts = [self._parts[s] for s in sorted(self._parts)]
         for part in parts:
             part.close()
@@ -381,11 +399,13 @@ class UserStatsSink:
             return count
         self._path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._path.with_name(self._path.name + ".tmp")
-        if len(parts) == 1:
+        if len(parts) == 1 and additions is None:
             os.replace(parts[0].path, tmp)
         else:
-            _merge_parts(parts, tmp)
+            _merge_parts(parts, tmp, additions)
         os.replace(tmp, self._path)
+        for part in parts:
+            part.discard()
         return count
 
     def discard(self) -> None:
@@ -394,8 +414,9 @@ class UserStatsSink:
 
 
 class _ShardPart:
-    def __init__(self, timezone: str, path: Path | None) -> None:
+    def __init__(self, timezone: str, path: Path | None, spool: PlaysSpool | None = None) -> None:
         self.path = path
+        self.spool = spool
         self.users: list[UserResult] = []
         self._lines = UserLines(timezone)
         self._file = None
@@ -411,33 +432,61 @@ class _ShardPart:
         if self._file is not None and len(u.user_ids):
             for _, lines in self._lines.format(u):
                 self._file.write(_data(lines))
+        if self.spool is not None and len(u.user_ids):
+            self.spool.add(u, "userbehavior")
         return True
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
+        if self.spool is not None:
+            self.spool.close()
 
     def discard(self) -> None:
         self.close()
         if self.path is not None:
             self.path.unlink(missing_ok=True)
+        if self.spool is not None:
+            self.spool.discard()
 
 
-def _merge_parts(parts: list[_ShardPart], out: Path) -> None:
-    """Interleave the parts' lines in user_id order: one sort of every user id, then each part's
-    file read once, in order."""
+def _merge_parts(parts: list[_ShardPart], out: Path, additions: Iterator[tuple[str, bytes]] | None) -> None:
+    """Interleave the parts' lines in user_id order (one sort of every user id, then each part's
+    file read once, in order), each with its addition, if any, before its closing brace."""
     ids = pa.array([u.user_id for part in parts for u in part.users], pa.string())
     shard_of = np.repeat(np.arange(len(parts)), [len(part.users) for part in parts])
-    order = shard_of[pc.sort_indices(ids).to_numpy()]
+    by_id = pc.sort_indices(ids)
+    order = shard_of[by_id.to_numpy()]
     files = [part.path.open("rb") for part in parts]
     try:
         with out.open("wb") as f:
             readers = [file.readline for file in files]
             write = f.write
-            for shard in order.tolist():
-                write(readers[shard]())
+            if additions is None:
+                for shard in order.tolist():
+                    write(readers[shard]())
+                return
+            expected = ids.take(by_id).to_pylist()
+            for shard, user, (added_user, text) in zip(
+                order.tolist(), expected, itertools.chain(additions, _ended()), strict=False
+            ):
+                if added_user != user:
+                    raise ServiceError(
+                        f"the additions to the per-user lines reached {added_user!r} where {user!r} was due"
+                    )
+                line = readers[shard]()
+                write(line[:-2])
+                write(text)
+                write(b"}\n")
+            if next(additions, None) is not None:
+                raise ServiceError(
+                    f"the additions to the per-user lines name more users than the {len(expected)} there are"
+                )
     finally:
         for file in files:
             file.close()
-    for part in parts:
-        part.discard()
+
+
+def _ended() -> Iterator[tuple[str | None, bytes]]:
+    """What follows additions that stop early: a user no line belongs to, so the check names it."""
+    yield None, b""

@@ -18,10 +18,11 @@ from typing import Any
 import pyarrow as pa
 
 from music_analytics.api import mapreduce_pb2, recommendation_pb2, userbehavior_pb2
-from music_analytics.client.csv_source import Chunk, Rejection
+from music_analytics.client.csv_source import Chunk, InputError, Rejection
 from music_analytics.client.encoding import batches
 from music_analytics.client.listening import UserStatsSink, site_stats
 from music_analytics.client.merge import UserResult, merge_songs, merge_top_users
+from music_analytics.client.personalized import ArtistSettings, PlaysSpool, write_with_artists
 from music_analytics.client.recommend import recommend
 from music_analytics.client.replicas import Endpoint, Replicas, ServiceError, ServiceInfo
 from music_analytics.client.sources import REJECT_REASONS, SKIP_REASONS, open_source
@@ -33,8 +34,8 @@ from music_analytics.services.common import contract
 __all__ = ["PipelineConfig", "PipelineResult", "ServiceError", "UserResult", "run_pipeline"]
 
 
-MAPREDUCE = ServiceInfo.of(contract.MAPREDUCE, ("song_id", "artist"))
-USERBEHAVIOR = ServiceInfo.of(contract.USERBEHAVIOR, ("user_id", "song_id", "artist", "duration", "timestamp"))
+MAPREDUCE = ServiceInfo.of(contract.MAPREDUCE, ("song_id", "artist", "plays"))
+USERBEHAVIOR = ServiceInfo.of(contract.USERBEHAVIOR, ("user_id", "song_id", "artist", "duration", "timestamp", "plays"))
 RECOMMENDATION = ServiceInfo.of(contract.RECOMMENDATION)
 
 
@@ -58,6 +59,7 @@ class PipelineResult:
     listening_stats: dict[str, Any] = field(default_factory=dict)
     user_stats_path: Path | None = None
     user_stats_users: int = 0
+    personalized: dict[str, Any] | None = None  # the model's summary (None: not asked for)
 
 
 @dataclass
@@ -77,6 +79,10 @@ class PipelineConfig:
     user_stats: Path | None = None  # where the per-user JSON Lines go (None: not written)
     format: str | None = None  # the input's format (None: detected)
     user: str | None = None  # the user of an export that does not name one
+    # Personalized artists per user in the per-user lines (0: none); needs ``user_stats``.
+    personalized_n: int = contract.PERSONALIZED_N
+    algorithm: str = ""  # the recommender's algorithm (empty: the service's default)
+    seed: int = 0
 
 
 def run_pipeline(config: PipelineConfig) -> PipelineResult:
@@ -84,6 +90,12 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
     started = time.perf_counter()
     # Opened and checked first: an unusable input is reported before any service is contacted.
     source = open_source(config.data, format=config.format, user=config.user)
+    if source.kind != "events":
+        raise InputError(
+            f"{config.data}: a file of play counts (user, artist, plays) has no listening events to analyse: "
+            "no songs, durations or times. Evaluate the recommender on it with `music-analytics evaluate --train`"
+        )
+    personalized = config.personalized_n > 0 and config.user_stats is not None
     total_bytes = source.total_bytes
 
     def replay(upto: int | None) -> Iterator[Chunk]:
@@ -108,7 +120,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         config.wait_ready,
     )
     # Per-user answers are written out as they arrive, never all held (see UserStatsSink).
-    user_stats = UserStatsSink(config.timezone, config.user_stats)
+    user_stats = UserStatsSink(config.timezone, config.user_stats, PlaysSpool if personalized else None)
     userbehavior = ShardedStream(
         Replicas(USERBEHAVIOR, targets[USERBEHAVIOR], config.tls),
         "user_id",
@@ -116,7 +128,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         False,
         replay,
         config.wait_ready,
-        userbehavior_pb2.AnalyzeUsersRequest(timezone=config.timezone).SerializeToString(),
+        userbehavior_pb2.AnalyzeUsersRequest(timezone=config.timezone, artist_plays=personalized).SerializeToString(),
         user_stats.handler,
     )
     recommendation = Replicas(RECOMMENDATION, targets[RECOMMENDATION], config.tls)
@@ -162,8 +174,15 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
             (a.activity for a in ub_answers if a.WhichOneof("payload") == "top_users"), config.timezone
         )
         users = user_stats.users()
-        user_stats_users = user_stats.finish() if config.user_stats is not None else 0
         user_stats_done = time.perf_counter()
+        model = None
+        if personalized:
+            settings = ArtistSettings(config.personalized_n, config.algorithm, config.seed)
+            model = write_with_artists(user_stats, recommendation, config.wait_ready, settings, user_stats.spools())
+            user_stats_users = len(users)
+        else:
+            user_stats_users = user_stats.finish() if config.user_stats is not None else 0
+        personalized_done = time.perf_counter()
         for name, counted in (("mapreduce", mr_events), ("userbehavior", ub_events)):
             if counted != events:
                 raise ServiceError(f"{name} counted {counted} events but the client sent {events}")
@@ -195,6 +214,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
             "mapreduce_time": mr_done - started,
             "userbehavior_time": ub_done - started,
             "user_stats_time": user_stats_done - ub_done,
+            "personalized_time": personalized_done - user_stats_done,
             "recommendation_time": done - rec_start,
             "total_workflow_time": done - started,
         },
@@ -203,6 +223,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         listening_stats=listening_stats,
         user_stats_path=config.user_stats,
         user_stats_users=user_stats_users,
+        personalized=None if model is None else model.as_json(),
     )
 
 

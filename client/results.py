@@ -58,6 +58,8 @@ def to_json(result: PipelineResult) -> dict[str, Any]:
             "path": str(result.user_stats_path) if result.user_stats_path else None,
             "users": result.user_stats_users,
         },
+        # The model behind each user's recommended_artists in the per-user lines (null: none asked).
+        "personalized_recommendations": result.personalized,
     }
 
 
@@ -129,6 +131,14 @@ def print_summary(document: dict[str, Any], out: TextIO, data: str, results_path
         w(f"  top artists: {top}\n")
     if document.get("user_stats", {}).get("path"):
         w(f"  per-user statistics: {document['user_stats']['path']}\n")
+    model = document.get("personalized_recommendations")
+    if model:
+        by = ", ".join(f"{count:,} by {label}" for label, count in model["users_by"].items() if count)
+        w(
+            f"\nPersonalized artists ({model['algorithm']}, {model['n']} a user, in the per-user statistics)\n"
+            f"  {model['users']:,} users ({by}); trained on {model['pairs']:,} (user, artist) pairs, "
+            f"{model['artists']:,} artists, in {model['train_seconds']:.1f} s\n"
+        )
     w("\nTimings (s)\n")
     for key in ("mapreduce_time", "userbehavior_time", "recommendation_time", "total_workflow_time"):
         w(f"  {key:<22}{perf[key]:>10.3f}\n")

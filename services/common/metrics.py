@@ -64,6 +64,7 @@ REJECT_REASONS = (
     "invalid_batch",  # a message that does not describe valid events
     "out_of_range",  # a request field past its bound (top_n, trending_n, candidates, rows)
     "unknown_timezone",  # a time zone that is not an IANA name
+    "unknown_algorithm",  # a recommender algorithm the service does not have
     "memory_limit",  # the call's state outgrew the per-call memory limit
     "over_capacity",  # more application calls at once than --max-streams
 )

@@ -1,0 +1,133 @@
+"""Personalized artists: every user's plays per artist, collected message by message, then one
+model trained on all of them and asked for every user. Plain functions and data, no gRPC.
+
+Users and artists are indexed in name order, whatever order they arrived in and however many
+UserBehavior replicas they came from: the same plays give the same matrix, so the same answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from music_analytics.services.recommendation.model import ModelConfig, PlayMatrix, Recommendations, train
+
+# What each user's list is made of (ArtistRecommendations.source).
+FROM_MODEL, MODEL_THEN_POPULAR, POPULAR_ONLY = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class UsersPlays:
+    """One message's users and their plays per artist, flattened per user."""
+
+    user_ids: pa.Array  # strings
+    ends: np.ndarray  # uint32 per user
+    artists: pa.Array  # the message's artist names
+    artist_idx: np.ndarray  # per entry, into ``artists``
+    plays: np.ndarray  # uint32 per entry, at least 1
+
+    @property
+    def nbytes(self) -> int:
+        return (
+            self.user_ids.nbytes + self.ends.nbytes + self.artists.nbytes + self.artist_idx.nbytes + self.plays.nbytes
+        )
+
+
+@dataclass(frozen=True)
+class Answer:
+    """Recommendations for ``user_ids[i]``: entries ``ends[i-1]:ends[i]`` of ``artists``/``scores``."""
+
+    user_ids: pa.Array
+    ends: np.ndarray
+    artist_names: pa.Array  # every artist, by code
+    artists: np.ndarray  # codes, per entry
+    scores: np.ndarray  # float32 per entry
+    source: np.ndarray  # uint8 per user: FROM_MODEL, MODEL_THEN_POPULAR or POPULAR_ONLY
+
+
+class PlaysCollector:
+    """Holds the users' plays as they arrive (as received: the matrix is built once, at the end)."""
+
+    # Peak memory over ``nbytes`` while training and answering: the CSR matrix and its weighted
+    # copy and transpose beside the received messages (measured by bench/call_memory.py).
+    peak_factor = 4
+
+    def __init__(self) -> None:
+        self._parts: list[UsersPlays] = []
+        self.nbytes = 0
+        self.entries = 0
+
+    def add(self, part: UsersPlays) -> None:
+        self._parts.append(part)
+        self.nbytes += part.nbytes
+        self.entries += len(part.plays)
+
+    def matrix(self) -> tuple[pa.Array, pa.Array, PlayMatrix]:
+        """User names and artist names, each sorted, and the users x artists plays (a user or pair
+        sent twice is summed). The received parts are let go."""
+        parts, self._parts = self._parts, []
+        user_names = _sorted_distinct([p.user_ids for p in parts])
+        artist_names = _sorted_distinct([p.artists for p in parts])
+        user_codes, artist_codes, plays = [], [], []
+        for part in parts:
+            lengths = np.diff(np.concatenate(([0], part.ends.astype(np.int64))))
+            users = pc.index_in(part.user_ids, value_set=user_names).to_numpy()
+            user_codes.append(np.repeat(users.astype(np.int32), lengths))
+            codes = pc.index_in(part.artists, value_set=artist_names).to_numpy().astype(np.int32)
+            artist_codes.append(codes[part.artist_idx] if len(codes) else np.empty(0, np.int32))
+            plays.append(part.plays)
+        del parts
+        matrix = PlayMatrix.from_codes(
+            np.concatenate(user_codes) if user_codes else np.empty(0, np.int32),
+            np.concatenate(artist_codes) if artist_codes else np.empty(0, np.int32),
+            np.concatenate(plays) if plays else np.empty(0, np.uint32),
+            len(user_names),
+            len(artist_names),
+        )
+        return user_names, artist_names, matrix
+
+
+def _sorted_distinct(arrays: list[pa.Array]) -> pa.Array:
+    if not arrays:
+        return pa.array([], pa.string())
+    distinct = pc.unique(pa.chunked_array(arrays, pa.string()).combine_chunks())
+    return distinct.take(pc.sort_indices(distinct))
+
+
+@dataclass(frozen=True)
+class Trained:
+    user_names: pa.Array
+    artist_names: pa.Array
+    pairs: int
+    recommendations: Recommendations
+
+
+def recommend_every_user(collector: PlaysCollector, config: ModelConfig, n: int) -> Trained:
+    """Train on every user's plays and recommend each ``n`` artists they have not played."""
+    user_names, artist_names, matrix = collector.matrix()
+    model = train(matrix, config)
+    recs = model.recommend(np.arange(len(user_names)), n)
+    return Trained(user_names, artist_names, matrix.csr.nnz, recs)
+
+
+def answers(trained: Trained, users_per_answer: int) -> Iterator[Answer]:
+    """The recommendations in user_id order, ``users_per_answer`` users at a time."""
+    recs = trained.recommendations
+    ends = recs.ends.astype(np.int64)
+    source = np.where(recs.by_popularity, MODEL_THEN_POPULAR, FROM_MODEL).astype(np.uint8)
+    for lo in range(0, len(trained.user_names), users_per_answer):
+        hi = min(lo + users_per_answer, len(trained.user_names))
+        a = int(ends[lo - 1]) if lo else 0
+        b = int(ends[hi - 1]) if hi else 0
+        yield Answer(
+            user_ids=trained.user_names[lo:hi],
+            ends=(ends[lo:hi] - a).astype(np.uint32),
+            artist_names=trained.artist_names,
+            artists=recs.artists[a:b],
+            scores=recs.scores[a:b],
+            source=source[lo:hi],
+        )
