@@ -9,7 +9,9 @@ SERVING, then, ``--repeats`` times and alternating so both sides see the same ma
 
 Both compute the time statistics too, in ``--timezone``: the pipeline's ``listening_stats`` and its
 per-user JSON Lines (``--user-stats``; the pipeline always writes them), DuckDB's the same in SQL,
-its lines written by ``COPY``.
+its lines written by ``COPY``. The pipeline run compared with DuckDB has no personalized artists
+(``--personalized-n 0``: DuckDB has no model); each repeat also runs the pipeline with them, and the
+table shows what they add to the wall time (the recommender's budget is 30%).
 
 Every pipeline result is compared with DuckDB's, key for key, and every per-user line with
 DuckDB's line for the same user. Peak RSS comes from the kernel: ``wait4``
@@ -49,6 +51,10 @@ DEFAULT_OUT = ROOT / "bench" / "results.json"
 # The targets: pipeline wall time at most this many times DuckDB's, peak RSS per process.
 RATIO_TARGETS = {1_000_000: 1.2, 10_000_000: 1.5}
 RSS_TARGET_MB = 600
+# What training the recommender and scoring every user may add to the pipeline's wall time.
+PERSONALIZED_OVERHEAD_TARGET = 0.30
+# Keys of the per-user lines that come from the model, which DuckDB's lines do not have.
+PERSONALIZED_KEYS = ("recommended_artists", "recommended_by")
 QUICK_SIZE = 100_000
 # A zone with an offset, so that local time is really computed (UTC could take a shortcut).
 DEFAULT_TIMEZONE = "Europe/Berlin"
@@ -192,6 +198,8 @@ def compare_user_lines(pipeline: Path, oracle: Path, limit: int = 5) -> tuple[in
         for number, (got_text, want_text) in enumerate(zip(got_file, want_file, strict=False), 1):
             compared += 1
             got, want = json.loads(got_text), json.loads(want_text)
+            for key in PERSONALIZED_KEYS:
+                got.pop(key, None)
             if got != want:
                 if len(problems) < limit:
                     keys = [k for k in want.keys() | got.keys() if got.get(k) != want.get(k)]
@@ -242,22 +250,31 @@ def bench_size(events: int, args: argparse.Namespace, work: Path, table: list[di
         mismatches: list[str] = []
         failures: list[str] = []
         lines_compared = 0
+        recs_walls: list[float] = []
+        train_seconds: list[float] = []
+        recs_model: dict[str, Any] = {}
         with LocalServices(replicas=replicas, log_dir=logs) as services:
             target = {name: services.target(name) for name in ("mapreduce", "userbehavior", "recommendation")}
             # Per-address target syntax the client documents, also for one replica.
             target = {k: v if v.startswith("ipv4:") else f"ipv4:{v}" for k, v in target.items()}
             for i in range(args.repeats):
                 out = logs / f"pipeline-{i}.json"
-                cmd = [sys.executable, "-m", "music_analytics.client", "run", "--data", str(path), "--out", str(out)]
+                cmd = [sys.executable, "-m", "music_analytics.client", "run", "--data", str(path)]
                 for name, addr in target.items():
                     cmd += [f"--{name}", addr]
                 duck_out = logs / f"duckdb-{i}.json"
                 duck_cmd = [sys.executable, str(ORACLE), str(path), "--out", str(duck_out)]
                 duck_cmd += ["--threads", str(args.threads)]
                 lines, duck_lines = logs / f"pipeline-{i}.users.jsonl", logs / f"duckdb-{i}.users.jsonl"
-                cmd += ["--timezone", args.timezone, "--user-stats", str(lines)]
+                recs_out, recs_lines = logs / f"pipeline-recs-{i}.json", logs / f"pipeline-recs-{i}.users.jsonl"
+                cmd += ["--timezone", args.timezone]
                 duck_cmd += ["--timezone", args.timezone, "--user-stats", str(duck_lines)]
-                run = run_process(cmd, logs / f"client-{i}.log")
+                # The same analytics as DuckDB's: no personalized artists (DuckDB has no model).
+                # Then the same run with them, for what the recommender adds.
+                plain = [*cmd, "--out", str(out), "--user-stats", str(lines), "--personalized-n", "0"]
+                run = run_process(plain, logs / f"client-{i}.log")
+                recs = [*cmd, "--out", str(recs_out), "--user-stats", str(recs_lines)]
+                with_recs = run_process(recs, logs / f"client-recs-{i}.log")
                 duck = run_process(duck_cmd, logs / f"duckdb-{i}.log")
                 if duck.returncode:
                     duck_ok = False
@@ -273,6 +290,19 @@ def bench_size(events: int, args: argparse.Namespace, work: Path, table: list[di
                 if not duck.returncode:
                     run_ratios.append(run.wall / duck.wall)
                 client_rss.append(run.peak_rss_mb)
+                if with_recs.returncode:
+                    failures.append(f"pipeline run {i} with recommendations exited {with_recs.returncode}: "
+                                    f"{with_recs.stderr_tail}")  # fmt: skip
+                else:
+                    recs_walls.append(with_recs.wall)
+                    client_rss.append(with_recs.peak_rss_mb)
+                    recs_document = json.loads(recs_out.read_text(encoding="utf-8"))
+                    model = recs_document.get("personalized_recommendations") or {}
+                    recs_model = {k: model.get(k) for k in ("algorithm", "users", "artists", "pairs", "users_by")}
+                    train_seconds.append(model.get("train_seconds") or 0.0)
+                    if model.get("users") != (recs_document.get("user_stats") or {}).get("users"):
+                        failures.append(f"run {i}: the model answered {model.get('users')} users of "
+                                        f"{recs_document['user_stats']['users']}")  # fmt: skip
                 document = json.loads(out.read_text(encoding="utf-8"))
                 for key, value in document.get("performance", {}).items():
                     if isinstance(value, int | float):
@@ -289,11 +319,12 @@ def bench_size(events: int, args: argparse.Namespace, work: Path, table: list[di
                     mismatches += [f"run {i}: {p}" for p in problems]
                 # The outputs of 10M runs are tens of MB each: keep only the last.
                 if i + 1 < args.repeats:
-                    for written in (out, duck_out, lines, duck_lines):
+                    for written in (out, duck_out, lines, duck_lines, recs_out, recs_lines):
                         written.unlink(missing_ok=True)
                 print(
                     f"  {events:>11,} events, {replicas} replica(s), run {i + 1}/{args.repeats}: "
-                    f"pipeline {run.wall:.2f} s, duckdb {duck.wall:.2f} s" + ("" if not mismatches else "  MISMATCH"),
+                    f"pipeline {run.wall:.2f} s (with recommendations {with_recs.wall:.2f} s), "
+                    f"duckdb {duck.wall:.2f} s" + ("" if not mismatches else "  MISMATCH"),
                     file=sys.stderr,
                     flush=True,
                 )
@@ -321,6 +352,16 @@ def bench_size(events: int, args: argparse.Namespace, work: Path, table: list[di
             "peak_rss_mb": peak,
             "results_match": matched,
             "user_lines_compared": lines_compared,
+            "personalized": {
+                "wall_median": _median(recs_walls),
+                "wall_runs": [round(w, 4) for w in recs_walls],
+                "train_seconds_median": _median(train_seconds),
+                "overhead": round(statistics.median(recs_walls) / statistics.median(walls) - 1, 3)
+                if recs_walls and walls
+                else None,
+                "overhead_runs": [round(a / b - 1, 3) for a, b in zip(recs_walls, walls, strict=False)],
+                "model": recs_model,
+            },
             "mismatches": mismatches[:20],
             "failures": failures[:10],
         }
@@ -347,6 +388,10 @@ def bench_size(events: int, args: argparse.Namespace, work: Path, table: list[di
             "ratio_met": (ratio <= target_ratio) if ratio is not None and target_ratio else None,
             "rss_max_mb": RSS_TARGET_MB,
             "rss_met": bool(rss) and max(rss) <= RSS_TARGET_MB,
+            "personalized_overhead_max": PERSONALIZED_OVERHEAD_TARGET,
+            "personalized_overhead_met": (entry["personalized"]["overhead"] <= PERSONALIZED_OVERHEAD_TARGET)
+            if entry["personalized"]["overhead"] is not None
+            else None,
         }
         table.append({"events": events, "duckdb": size["duckdb"], **entry})
     size["results_match"] = duck_ok and all(e["results_match"] for e in size["pipeline"].values())
@@ -362,7 +407,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
     header = (
         f"{'events':>11} {'repl':>4} {'pipeline s':>10} {'duckdb s':>8} {'ratio':>6} {'events/s':>10} "
-        f"{'client MB':>9} {'mapred MB':>9} {'userb MB':>9} {'recom MB':>8} {'duckdb MB':>9}  match"
+        f"{'client MB':>9} {'mapred MB':>9} {'userb MB':>9} {'recom MB':>8} {'duckdb MB':>9} {'+recs':>6}  match"
     )
     print(header)
     print("-" * len(header))
@@ -375,16 +420,19 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
         ratio = r["ratio_vs_duckdb"]
         eps = r["events_per_second"]
+        added = r["personalized"]["overhead"]
+        overhead = f"{added:+.0%}" if added is not None else "-"
         print(
             f"{r['events']:>11,} {r['replicas']:>4} {sec(r['wall_median']):>10} {sec(r['duckdb_wall_median']):>8} "
             f"{(f'{ratio:.2f}' if ratio is not None else '-'):>6} {(f'{eps:,}' if eps else '-'):>10} "
             f"{mb(peak.get('client')):>9} {mb(group_max('mapreduce')):>9} {mb(group_max('userbehavior')):>9} "
-            f"{mb(group_max('recommendation')):>8} {mb(r['duckdb']['peak_rss_mb']):>9}  "
-            f"{'yes' if r['results_match'] else 'NO'}"
+            f"{mb(group_max('recommendation')):>8} {mb(r['duckdb']['peak_rss_mb']):>9} "
+            f"{overhead:>6}  {'yes' if r['results_match'] else 'NO'}"
         )
     print(
         "(wall times: medians of whole processes, DuckDB's runs interleaved with each configuration's;"
-        " MB: peak RSS, the largest replica for replicated services)"
+        " MB: peak RSS, the largest replica for replicated services, of the runs with and without"
+        " personalized artists; +recs: the wall time those add, median against median)"
     )
 
 

@@ -162,8 +162,7 @@ def _fragments(
             raise ServiceError(f"{source} answered recommendations whose columns disagree in length")
         if (len(kind) and int(kind.max()) > 2) or (entries and int(idx.max()) >= len(names)):
             raise ServiceError(f"{source} answered recommendations outside the contract")
-        # Four decimals: the ranking is what counts, and a float32 says no more.
-        score_text = pc.cast(pa.array(np.round(scores.astype(np.float64), 4)), pa.string())
+        score_text = _json_floats(scores)
         items = pc.binary_join_element_wise(
             '{"artist":', json_strings(names).take(pa.array(idx)), ',"score":', score_text, "}", ""
         )
@@ -173,3 +172,11 @@ def _fragments(
         for label, count in zip(labels, np.bincount(kind, minlength=3).tolist(), strict=True):
             summary.users_by[label] += count
         yield from zip(users.to_pylist(), text.cast(pa.binary()).to_pylist(), strict=True)
+
+
+def _json_floats(values: np.ndarray) -> pa.Array:
+    """Each value rounded to four decimals (the ranking is what counts, and a float32 says little
+    more) as a JSON number that always reads back as a float: "2.0", never "2"."""
+    text = pc.cast(pa.array(np.round(values.astype(np.float64), 4)), pa.string())
+    integral = pc.invert(pc.match_substring_regex(text, "[.eE]"))
+    return pc.if_else(integral, pc.binary_join_element_wise(text, ".0", ""), text)

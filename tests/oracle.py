@@ -32,6 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
+
+from music_analytics.services.common.contract import PERSONALIZED_N
 
 # Every column VARCHAR and no sniffing: the oracle must see exactly the bytes of the file, with
 # RFC 4180 quoting ("" inside quotes is a quote). duration is cast explicitly afterwards.
@@ -350,11 +353,65 @@ def oracle(path: str | Path, threads: int | None = None) -> dict[str, Any]:
     return {k: r[k] for k in ("top_songs", "song_counts", "users", "top_users", "trending", "recommendations")}
 
 
-def oracle_stats(path: str | Path, timezone: str = "UTC", threads: int | None = None) -> dict[str, Any]:
+def oracle_stats(
+    path: str | Path, timezone: str = "UTC", threads: int | None = None, personalized_n: int = PERSONALIZED_N
+) -> dict[str, Any]:
     """The time statistics of ``path`` in ``timezone``: ``listening_stats`` (the results JSON's
-    section) and ``user_lines`` (the per-user JSON Lines as dicts, by user_id)."""
+    section) and ``user_lines`` (the per-user JSON Lines as dicts, by user_id), with each user's
+    personalized artists (``oracle_recommendations``) unless ``personalized_n`` is 0."""
     r = _compute(path, threads, all_songs=False, timezone=timezone)
-    return {"listening_stats": r["listening_stats"], "user_lines": r["user_lines"]}
+    lines = r["user_lines"]
+    if personalized_n:
+        recommended = oracle_recommendations(path, personalized_n)
+        lines = [line | recommended[line["user_id"]] for line in lines]
+    return {"listening_stats": r["listening_stats"], "user_lines": lines}
+
+
+def oracle_recommendations(path: str | Path, n: int = PERSONALIZED_N) -> dict[str, dict[str, Any]]:
+    """Each user's ``recommended_artists`` and ``recommended_by`` as the per-user lines say them.
+
+    The plays per (user, artist) are aggregated here, in SQL, and indexed by sorted name; the model
+    trained on them is the service's own code with its defaults (its quality is what `evaluate`
+    measures): what this checks is everything around the model, from the input to the line.
+    """
+    from music_analytics.services.recommendation.model import ModelConfig, PlayMatrix, train
+
+    con = _connect(None)
+    try:
+        rows = con.execute(
+            f"SELECT user_id, artist, count(*) FROM {_READ_CSV} GROUP BY user_id, artist", {"path": str(path)}
+        ).fetchall()
+    finally:
+        con.close()
+    users = sorted({u for u, _, _ in rows})
+    artists = sorted({a for _, a, _ in rows})
+    user_code = {u: i for i, u in enumerate(users)}
+    artist_code = {a: i for i, a in enumerate(artists)}
+    matrix = PlayMatrix.from_codes(
+        np.array([user_code[u] for u, _, _ in rows], dtype=np.int64),
+        np.array([artist_code[a] for _, a, _ in rows], dtype=np.int64),
+        np.array([c for _, _, c in rows], dtype=np.int64),
+        len(users),
+        len(artists),
+    )
+    config = ModelConfig()
+    recs = train(matrix, config).recommend(np.arange(len(users)), n)
+    out = {}
+    for i, user in enumerate(users):
+        codes, scores = recs.user(i)
+        from_model = int(recs.from_model[i])
+        if from_model == len(codes):
+            by = config.algorithm
+        else:
+            by = "popularity" if from_model == 0 else f"{config.algorithm}+popularity"
+        out[user] = {
+            "recommended_artists": [
+                {"artist": artists[int(c)], "score": float(np.round(np.float64(s), 4))}
+                for c, s in zip(codes, scores, strict=True)
+            ],
+            "recommended_by": by,
+        }
+    return out
 
 
 def oracle_events(path: str | Path) -> int:

@@ -118,7 +118,10 @@ def answers(trained: Trained, users_per_answer: int) -> Iterator[Answer]:
     """The recommendations in user_id order, ``users_per_answer`` users at a time."""
     recs = trained.recommendations
     ends = recs.ends.astype(np.int64)
-    source = np.where(recs.by_popularity, MODEL_THEN_POPULAR, FROM_MODEL).astype(np.uint8)
+    lengths = np.diff(np.concatenate(([0], ends)))
+    source = np.where(
+        recs.from_model == lengths, FROM_MODEL, np.where(recs.from_model == 0, POPULAR_ONLY, MODEL_THEN_POPULAR)
+    ).astype(np.uint8)
     for lo in range(0, len(trained.user_names), users_per_answer):
         hi = min(lo + users_per_answer, len(trained.user_names))
         a = int(ends[lo - 1]) if lo else 0
