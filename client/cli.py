@@ -1,4 +1,4 @@
-"""The `music-analytics` command: run, serve, demo, generate."""
+"""The `music-analytics` command: run, serve, demo, generate, report, evaluate."""
 
 from __future__ import annotations
 
@@ -176,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     report.add_arguments(sub.add_parser("report", help="one self-contained HTML page from a run's results"))
 
+    from music_analytics.client import evaluate
+
+    evaluate.add_arguments(
+        sub.add_parser("evaluate", help="offline metrics of the artist recommender against most-popular")
+    )
+
     return parser
 
 
@@ -199,6 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from music_analytics.client import report
 
         return report.main(args)
+    if args.command == "evaluate":
+        from music_analytics.client import evaluate
+
+        return evaluate.main(args)
     raise AssertionError(args.command)
 
 
