@@ -10,7 +10,9 @@ The rules (tests/test_fuzz_csv.py checks both paths and the chunking against the
 * The header is the first line, up to the first ``\n`` (a UTF-8 byte order mark before it is
   skipped). It must be UTF-8, one CSV line, and name user_id, song_id, artist, duration and
   timestamp once each, in any order, among any other columns; otherwise the file is unusable
-  (InputError).
+  (InputError). It may name ``plays`` (once): then each row is that many plays of the song,
+  ``duration`` their total seconds, and the chunks' tables have a ``plays`` column (uint32);
+  without it there is no such column and every row is one play.
 * Quoting is the csv module's (RFC 4180, leniently): a field starting with ``"`` is quoted, and
   in it ``""`` is a quote and line breaks are kept; a quote anywhere else is an ordinary
   character, and text after a closing quote is kept.
@@ -20,7 +22,8 @@ The rules (tests/test_fuzz_csv.py checks both paths and the chunking against the
   fields as the header), ``invalid_utf8`` (in one of the five columns; other columns are not
   read), ``empty_field`` (user_id, song_id or artist empty), ``invalid_duration`` (not only the
   digits 0-9, or above 2^32-1), ``invalid_timestamp`` (not TIMESTAMP_PATTERN, no such date, or
-  an instant outside 1900-01-01 up to 2200-01-01 UTC: the services refuse a batch holding one).
+  an instant outside 1900-01-01 up to 2200-01-01 UTC: the services refuse a batch holding one),
+  ``invalid_plays`` (when there is a plays column: not only the digits 0-9, 0, or above 2^32-1).
 * A row longer than ``max_row_bytes`` (most likely a quoted field never closed) makes the file
   unusable, so that memory stays bounded.
 * A kept row's timestamp becomes epoch seconds, UTC (int64): no zone means UTC, a fraction is
@@ -51,7 +54,16 @@ from music_analytics.services.common.timestamps import parse_timestamp
 REQUIRED = ("user_id", "song_id", "artist", "duration", "timestamp")
 STRING_COLUMNS = ("user_id", "song_id", "artist")
 MAX_DURATION = 2**32 - 1
-REJECT_REASONS = ("wrong_field_count", "invalid_utf8", "empty_field", "invalid_duration", "invalid_timestamp")
+PLAYS = "plays"  # the optional column: how many plays a row stands for
+MAX_PLAYS = 2**32 - 1
+REJECT_REASONS = (
+    "wrong_field_count",
+    "invalid_utf8",
+    "empty_field",
+    "invalid_duration",
+    "invalid_timestamp",
+    "invalid_plays",
+)
 CHUNK_BYTES = 16 * 1024 * 1024
 MAX_ROW_BYTES = 64 * 1024 * 1024
 HEADER_MAX_BYTES = 1 << 20
@@ -77,7 +89,7 @@ class BadRowError(Exception):
 @dataclass(frozen=True)
 class Rejection:
     line: int  # or, when ``unit`` is "record", the record's index (1-based) in a JSON array
-    reason: str  # wrong_field_count | invalid_utf8 | empty_field | invalid_duration | invalid_timestamp | ...
+    reason: str  # one of REJECT_REASONS (here, or the sources' longer list)
     field: str | None
     message: str
     # The file the record is in (``export.zip:member`` for a zip's member); None: the one input file.
@@ -95,7 +107,9 @@ class Rejection:
 @dataclass
 class Chunk:
     """Valid events of one chunk: user_id, song_id, artist (strings), duration (uint32, seconds),
-    timestamp (int64, epoch seconds UTC)."""
+    timestamp (int64, epoch seconds UTC), and plays (uint32, >= 1) only if the input has a plays
+    column. (A play-count file's chunks hold user_id, artist and plays only.) Strings are
+    dictionary-encoded where Arrow parsed the chunk, plain where the exact path did."""
 
     table: pa.Table
     rejected: list[Rejection] = field(default_factory=list)
@@ -111,11 +125,11 @@ class Header:
 
 def read_header(path: Path) -> Header:
     """Parse the header line and check the required columns are there."""
-    with _open_input(lambda: path.open("rb"), str(path)) as f:
+    with open_input(lambda: path.open("rb"), str(path)) as f:
         return parse_header(f.readline(HEADER_MAX_BYTES + 1), str(path))
 
 
-def _open_input(open_binary: Callable[[], BinaryIO], path: str) -> BinaryIO:
+def open_input(open_binary: Callable[[], BinaryIO], path: str) -> BinaryIO:
     try:
         return open_binary()
     except FileNotFoundError:
@@ -149,7 +163,7 @@ def parse_header(raw: bytes, path: str) -> Header:
             f"{path}:1: header lacks required column(s) {', '.join(missing)}; "
             f"expected {','.join(REQUIRED)}, found {','.join(names)}"
         )
-    duplicated = sorted({c for c in names if names.count(c) > 1 and c in REQUIRED})
+    duplicated = sorted({c for c in names if names.count(c) > 1 and c in (*REQUIRED, PLAYS)})
     if duplicated:
         raise InputError(f"{path}:1: header repeats column(s) {', '.join(duplicated)}")
     return Header(names, len(raw))
@@ -191,23 +205,37 @@ def read_stream(
 ) -> Iterator[Chunk]:
     """``read_events`` of a file given by how to open it (a zip's member is read without seeking);
     ``path`` names it in errors, ``source`` (if set) is put in every Rejection."""
-    with _open_input(open_binary, path) as f:
+    with open_input(open_binary, path) as f:
         header = parse_header(f.readline(HEADER_MAX_BYTES + 1), path)
-        yield from _read_body(f, header, path, strict, chunk_bytes, stop_offset, max_row_bytes, source)
+        yield from read_chunks(
+            f,
+            header.length,
+            path,
+            lambda body, line: _parse(body, header.names, line, source),
+            strict=strict,
+            chunk_bytes=chunk_bytes,
+            stop_offset=stop_offset,
+            max_row_bytes=max_row_bytes,
+        )
 
 
-def _read_body(
+def read_chunks(
     f: BinaryIO,
-    header: Header,
+    header_length: int,
     path: str,
-    strict: bool,
-    chunk_bytes: int,
-    stop_offset: int | None,
-    max_row_bytes: int,
-    source: str | None,
+    parse: Callable[[bytes, int], Chunk],
+    *,
+    delimiter: bytes = b",",
+    strict: bool = False,
+    chunk_bytes: int = CHUNK_BYTES,
+    stop_offset: int | None = None,
+    max_row_bytes: int = MAX_ROW_BYTES,
 ) -> Iterator[Chunk]:
+    """The rows after a header of ``header_length`` bytes (already read from ``f``), cut into
+    chunks at row boundaries, each given to ``parse(body, first_line)``. Any CSV-quoted format
+    with one header line reads through here; ``delimiter`` is its field separator."""
     line = 2  # first line after the header
-    offset = header.length
+    offset = header_length
     carry = b""
     eof = False
     while not eof:
@@ -216,7 +244,7 @@ def _read_body(
         eof = not data or (stop_offset is not None and offset + len(carry) + len(data) >= stop_offset)
         body = carry + data
         if not eof:
-            cut = _row_boundary(body)
+            cut = _row_boundary(body, delimiter)
             if cut < 0:  # no complete row yet: read more
                 if len(body) > max_row_bytes:
                     raise InputError(
@@ -229,7 +257,7 @@ def _read_body(
             carry = b""
         if not body:
             continue
-        chunk = _parse(body, header.names, line, source)
+        chunk = parse(body, line)
         offset += len(body)
         chunk.end_offset = offset
         line += _line_breaks(body)
@@ -254,7 +282,7 @@ def _line_breaks(body: bytes) -> int:
     return breaks
 
 
-def _row_boundary(body: bytes) -> int:
+def _row_boundary(body: bytes, delimiter: bytes = b",") -> int:
     """Offset just past the last \n that ends a row (not one inside a quoted field), or -1.
 
     ``body`` starts at a row boundary. A \n ends a row iff an even number of quoted fields
@@ -264,7 +292,7 @@ def _row_boundary(body: bytes) -> int:
     if b'"' not in body:
         pos = body.rfind(b"\n")
         return pos + 1 if pos >= 0 else -1
-    toggles = _quote_toggles(body)
+    toggles = _quote_toggles(body, delimiter)
     while True:
         pos = body.rfind(b"\n", 0, end)
         if pos < 0:
@@ -276,13 +304,18 @@ def _row_boundary(body: bytes) -> int:
         end = int(toggles[before - 1])
 
 
-# By byte value: true for a delimiter, a line break or a quote. An opening quote follows one (a
-# quote only as the second of ""), a closing quote precedes one (a quote only as the first of "").
-_BOUNDARY = np.zeros(256, dtype=bool)
-_BOUNDARY[list(b',\n\r"')] = True
+def _boundary_bytes(delimiter: bytes) -> np.ndarray:
+    """By byte value: true for the delimiter, a line break or a quote. An opening quote follows
+    one (a quote only as the second of ""), a closing quote precedes one (only as the first of "")."""
+    table = np.zeros(256, dtype=bool)
+    table[list(delimiter + b'\n\r"')] = True
+    return table
 
 
-def _quote_toggles(body: bytes) -> np.ndarray:
+_BOUNDARY = {d: _boundary_bytes(d) for d in (b",", b"\t")}
+
+
+def _quote_toggles(body: bytes, delimiter: bytes = b",") -> np.ndarray:
     """Positions in ``body`` (which starts at a row boundary) where a quoted field opens or closes.
 
     In RFC 4180 data every quote does one or the other ("" counts as closing and reopening), and
@@ -295,13 +328,14 @@ def _quote_toggles(body: bytes) -> np.ndarray:
     before = data[np.maximum(quotes - 1, 0)]
     after = data[np.minimum(quotes + 1, len(data) - 1)]
     opens = np.arange(len(quotes)) % 2 == 0
-    well_placed = np.where(opens, (quotes == 0) | _BOUNDARY[before], (quotes == len(data) - 1) | _BOUNDARY[after])
+    boundary = _BOUNDARY[delimiter]
+    well_placed = np.where(opens, (quotes == 0) | boundary[before], (quotes == len(data) - 1) | boundary[after])
     if well_placed.all():
         return quotes
-    return _quote_toggles_exact(body, quotes.tolist())
+    return _quote_toggles_exact(body, quotes.tolist(), delimiter)
 
 
-def _quote_toggles_exact(body: bytes, quotes: list[int]) -> np.ndarray:
+def _quote_toggles_exact(body: bytes, quotes: list[int], delimiter: bytes = b",") -> np.ndarray:
     """The csv module's reading of each quote, one at a time (only quotes are visited)."""
     toggles = []
     inside = False
@@ -314,7 +348,7 @@ def _quote_toggles_exact(body: bytes, quotes: list[int]) -> np.ndarray:
                 escaped = pos + 1  # "" inside a quoted field: a quote, the field goes on
                 continue
             inside = False
-        elif pos > 0 and body[pos - 1] not in b",\n\r":
+        elif pos > 0 and body[pos - 1] not in delimiter + b"\n\r":
             continue  # not at the start of a field: an ordinary character
         else:
             inside = True
@@ -329,7 +363,7 @@ def _parse(body: bytes, names: tuple[str, ...], first_line: int, source: str | N
     return _parse_exact(body, names, first_line, source)
 
 
-_DICTIONARY = pa.dictionary(pa.int32(), pa.string())
+DICTIONARY_STRINGS = pa.dictionary(pa.int32(), pa.string())
 # Parse blocks of 4 MB hold ~65k rows: each becomes one stream message, already
 # dictionary-encoded by the parser, so the client never hashes a string twice.
 PARSE_BLOCK_BYTES = 4 << 20
@@ -340,33 +374,62 @@ def _parse_fast(body: bytes, names: tuple[str, ...]) -> pa.Table | None:
 
     A row with the wrong number of fields makes Arrow raise (no invalid-row handler: pyarrow
     decodes the row's text for one and prints a traceback when it is not UTF-8)."""
+    with_plays = PLAYS in names
     try:
-        table = pa_csv.read_csv(
-            io.BytesIO(body),
-            read_options=pa_csv.ReadOptions(column_names=list(names), use_threads=True, block_size=PARSE_BLOCK_BYTES),
-            parse_options=pa_csv.ParseOptions(newlines_in_values=b'"' in body),
-            convert_options=pa_csv.ConvertOptions(
-                # Durations stay text here: Arrow's integer parser accepts "0x10" and " 5".
-                column_types={c: _DICTIONARY if c in STRING_COLUMNS else pa.string() for c in names},
-                include_columns=list(REQUIRED),
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-            ),
+        table = parse_arrow(
+            body,
+            list(names),
+            {c: DICTIONARY_STRINGS if c in STRING_COLUMNS else pa.string() for c in names},
+            [*REQUIRED, PLAYS] if with_plays else list(REQUIRED),
         )
-        for name in STRING_COLUMNS:
-            for chunk in table[name].chunks:
-                if len(chunk.dictionary) and pc.min(pc.binary_length(chunk.dictionary)).as_py() == 0:
-                    return None
-        duration = table["duration"]
-        if not pc.all(pc.utf8_is_digit(duration)).as_py():
+        if any(has_empty_string(table[name]) for name in STRING_COLUMNS):
             return None
-        duration = pc.cast(duration, pa.uint32())  # raises past 2^32-1
+        duration = whole_numbers(table["duration"], 0)
         timestamp = epoch_seconds(table["timestamp"])
-        if timestamp is None:
+        plays = whole_numbers(table[PLAYS], 1) if with_plays else None
+        if duration is None or timestamp is None or (with_plays and plays is None):
             return None
     except pa.ArrowInvalid:
         return None
-    return pa.table({c: table[c] for c in STRING_COLUMNS} | {"duration": duration, "timestamp": timestamp})
+    columns = {c: table[c] for c in STRING_COLUMNS} | {"duration": duration, "timestamp": timestamp}
+    return pa.table(columns | {PLAYS: plays} if with_plays else columns)
+
+
+def parse_arrow(body: bytes, names: list[str], types: dict[str, pa.DataType], include: list[str],
+                delimiter: str = ",") -> pa.Table:  # fmt: skip
+    """``body`` (rows, no header) parsed by Arrow: the columns ``include`` of ``names``, of
+    ``types``, no value null. Raises pa.ArrowInvalid on a row of the wrong length or invalid
+    UTF-8 in a column read."""
+    return pa_csv.read_csv(
+        io.BytesIO(body),
+        read_options=pa_csv.ReadOptions(column_names=names, use_threads=True, block_size=PARSE_BLOCK_BYTES),
+        parse_options=pa_csv.ParseOptions(delimiter=delimiter, newlines_in_values=b'"' in body),
+        convert_options=pa_csv.ConvertOptions(
+            column_types=types,
+            include_columns=include,
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+
+
+def has_empty_string(column: pa.ChunkedArray) -> bool:
+    """True if a dictionary-encoded column holds an empty string (its dictionaries hold only the
+    values used: Arrow's parser builds one per block)."""
+    return any(len(c.dictionary) and pc.min(pc.binary_length(c.dictionary)).as_py() == 0 for c in column.chunks)
+
+
+def whole_numbers(text: pa.ChunkedArray, minimum: int) -> pa.ChunkedArray | None:
+    """Text of whole numbers ``minimum`` .. 2^32-1 as uint32, or None if any value is not one.
+    Numbers are read from text because Arrow's integer parser accepts "0x10" and " 5"; its
+    is-digit test takes any Unicode digit, but the cast then raises pa.ArrowInvalid on one,
+    as it does past 2^32-1."""
+    if not pc.all(pc.utf8_is_digit(text)).as_py():
+        return None
+    numbers = pc.cast(text, pa.uint32())
+    if minimum and len(numbers) and pc.min(numbers).as_py() < minimum:
+        return None
+    return numbers
 
 
 def epoch_seconds(ts: pa.ChunkedArray) -> pa.ChunkedArray | None:
@@ -412,21 +475,23 @@ def _iso8601_timestamps(ts: pa.ChunkedArray) -> bool:
     return epoch_seconds(ts) is not None
 
 
-def check_row(row: list[str], names: tuple[str, ...]) -> tuple[str, str | None, str] | None:
+Problem = tuple[str, str | None, str]  # reason, field, message
+
+
+def check_row(row: list[str], names: tuple[str, ...]) -> Problem | None:
     """Why a parsed row is invalid, as (reason, field, message), or None if it is valid."""
     if len(row) != len(names):
         return "wrong_field_count", None, f"expected {len(names)} fields, found {len(row)}"
     values = dict(zip(names, row, strict=True))
-    for name in REQUIRED:
-        try:
-            values[name].encode("utf-8")
-        except UnicodeEncodeError:
+    with_plays = PLAYS in values
+    for name in (*REQUIRED, PLAYS) if with_plays else REQUIRED:
+        if not valid_utf8(values[name]):
             return "invalid_utf8", name, f"{name} is not valid UTF-8"
     for name in STRING_COLUMNS:
         if not values[name]:
             return "empty_field", name, f"{name} is empty"
     duration = values["duration"]
-    if not _DIGITS.fullmatch(duration) or int(duration) > MAX_DURATION:
+    if whole_number(duration, 0, MAX_DURATION) is None:
         return (
             "invalid_duration",
             "duration",
@@ -438,7 +503,36 @@ def check_row(row: list[str], names: tuple[str, ...]) -> tuple[str, str | None, 
         return "invalid_timestamp", "timestamp", f"timestamp {ts!r} is not an ISO 8601 date-time"
     if not MIN_TIMESTAMP <= seconds < MAX_TIMESTAMP:
         return "invalid_timestamp", "timestamp", f"timestamp {ts!r} {TIMESTAMP_RANGE}"
+    return check_plays(values[PLAYS], PLAYS) if with_plays else None
+
+
+def check_plays(value: str, name: str) -> Problem | None:
+    """The rejection of a play count (column ``name``) that is not a whole number 1 .. 2^32-1."""
+    if whole_number(value, 1, MAX_PLAYS) is None:
+        return "invalid_plays", name, f"{name} {value!r} is not a whole number of plays between 1 and {MAX_PLAYS}"
     return None
+
+
+def valid_utf8(text: str) -> bool:
+    """False if ``text`` (decoded with surrogateescape) held bytes that are not UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def whole_number(text: str, minimum: int, maximum: int) -> int | None:
+    """``text`` as an int if it is only the digits 0-9 and minimum .. maximum, else None.
+    Leading zeros are dropped before int(): Python refuses to convert more than 4300 digits
+    (ValueError), and a value that long is only out of range."""
+    if not _DIGITS.fullmatch(text):
+        return None
+    digits = text.lstrip("0")
+    if len(digits) > len(str(maximum)):
+        return None
+    value = int(digits or "0")
+    return value if minimum <= value <= maximum else None
 
 
 TIMESTAMP_RANGE = "is outside the times accepted, 1900-01-01 up to 2200-01-01 UTC"
@@ -448,8 +542,9 @@ def _parse_exact(body: bytes, names: tuple[str, ...], first_line: int, source: s
     """Row by row with the csv module: slow, exact, and knows every row's line number."""
     text = body.decode("utf-8", errors="surrogateescape")
     reader = csv.reader(io.StringIO(text, newline=""))
-    columns: dict[str, list] = {c: [] for c in (*STRING_COLUMNS, "duration", "timestamp")}
-    positions = {c: names.index(c) for c in REQUIRED}
+    with_plays = PLAYS in names
+    columns: dict[str, list] = {c: [] for c in (*STRING_COLUMNS, "duration", "timestamp", PLAYS)}
+    positions = {c: names.index(c) for c in (*REQUIRED, PLAYS) if c in names}
     rejected = []
     previous_line = 0
     for row in reader:
@@ -463,15 +558,17 @@ def _parse_exact(body: bytes, names: tuple[str, ...], first_line: int, source: s
             continue
         for c in STRING_COLUMNS:
             columns[c].append(row[positions[c]])
-        columns["duration"].append(int(row[positions["duration"]]))
+        columns["duration"].append(whole_number(row[positions["duration"]], 0, MAX_DURATION))
         columns["timestamp"].append(parse_timestamp(row[positions["timestamp"]]))
-    table = pa.table(
-        {
-            "user_id": pa.array(columns["user_id"], type=pa.string()),
-            "song_id": pa.array(columns["song_id"], type=pa.string()),
-            "artist": pa.array(columns["artist"], type=pa.string()),
-            "duration": pa.array(columns["duration"], type=pa.uint32()),
-            "timestamp": pa.array(columns["timestamp"], type=pa.int64()),
-        }
-    )
-    return Chunk(table, rejected)
+        if with_plays:
+            columns[PLAYS].append(whole_number(row[positions[PLAYS]], 1, MAX_PLAYS))
+    arrays = {
+        "user_id": pa.array(columns["user_id"], type=pa.string()),
+        "song_id": pa.array(columns["song_id"], type=pa.string()),
+        "artist": pa.array(columns["artist"], type=pa.string()),
+        "duration": pa.array(columns["duration"], type=pa.uint32()),
+        "timestamp": pa.array(columns["timestamp"], type=pa.int64()),
+    }
+    if with_plays:
+        arrays[PLAYS] = pa.array(columns[PLAYS], type=pa.uint32())
+    return Chunk(pa.table(arrays), rejected)

@@ -6,6 +6,7 @@ import datetime as dt
 import re
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from music_analytics.client.csv_source import (
@@ -274,3 +275,98 @@ def test_durations_and_timestamps_with_a_final_line_break_are_rejected(tmp_path)
     rows, rejected = read_all(path)
     assert [r["user_id"] for r in rows] == ["u0"]
     assert [(r.line, r.reason) for r in rejected] == [(2, "invalid_duration"), (4, "invalid_timestamp")]
+
+
+# ---------------------------------------------------------------------------------------------
+# The optional plays column
+# ---------------------------------------------------------------------------------------------
+
+PLAYS_HEADER = b"user_id,plays,song_id,artist,duration,timestamp\n"
+PLAYS_NAMES = ("user_id", "plays", "song_id", "artist", "duration", "timestamp")
+PLAYS_GOOD = b"u0,3,s0,Z,600,2024-01-01T00:00:00Z\n"
+BAD_PLAYS = ["0", "-1", "1.5", "4294967296", "", "9" * 5000, "+5", " 5", "5 ", "0x10", "1e3", "٣", "５", "three"]
+
+
+def test_without_a_plays_column_a_chunk_has_none(tmp_path):
+    for chunk_bytes in (16, 1 << 20):  # the exact path (a chunk per row) and the fast one
+        chunks = list(read_events(write(tmp_path, HEADER + GOOD + GOOD), chunk_bytes=chunk_bytes))
+        assert {tuple(c.table.column_names) for c in chunks} == {NAMES}
+
+
+def test_a_plays_column_anywhere_in_the_header_is_read_as_counts(tmp_path):
+    body = PLAYS_HEADER + b"u1,1,s1,A,200,2024-01-01\nu2,007,s2,B,0,2024-01-02\nu3,4294967295,s3,C,9,2024-01-03\n"
+    path = write(tmp_path, body)
+    rows, rejected = read_all(path)
+    assert rejected == []
+    assert [(r["user_id"], r["plays"], r["duration"]) for r in rows] == [
+        ("u1", 1, 200),
+        ("u2", 7, 0),
+        ("u3", 2**32 - 1, 9),
+    ]
+    table = next(read_events(path)).table
+    assert table.column_names == [*NAMES, "plays"] and table["plays"].type == pa.uint32()
+
+
+@pytest.mark.parametrize("value", BAD_PLAYS, ids=[v if len(v) < 20 else "5000-digits" for v in BAD_PLAYS])
+def test_a_bad_play_count_is_rejected_naming_file_line_and_field(tmp_path, value):
+    row = b"u1," + value.encode() + b",s1,A,1,2024-01-01T00:00:00Z\n"
+    path = write(tmp_path, PLAYS_HEADER + PLAYS_GOOD + row + PLAYS_GOOD)
+    rows, rejected = read_all(path)
+    assert [r["plays"] for r in rows] == [3, 3]
+    assert [(r.line, r.reason, r.field) for r in rejected] == [(3, "invalid_plays", "plays")]
+    assert rejected[0].describe(str(path)) == (
+        f"{path}:3 field 'plays': plays {value!r} is not a whole number of plays between 1 and 4294967295"
+    )
+    with pytest.raises(BadRowError, match=f"^{re.escape(str(path))}:3 field 'plays'"):
+        read_all(path, strict=True)
+
+
+@pytest.mark.parametrize("value", BAD_PLAYS, ids=[v if len(v) < 20 else "5000-digits" for v in BAD_PLAYS])
+def test_the_fast_path_leaves_a_bad_play_count_to_the_exact_path(value):
+    body = PLAYS_GOOD + b"u1," + value.encode() + b",s1,A,1,2024-01-01T00:00:00Z\n"
+    assert _parse_fast(body, PLAYS_NAMES) is None
+    assert [(r.line, r.reason) for r in _parse_exact(body, PLAYS_NAMES, 2).rejected] == [(3, "invalid_plays")]
+
+
+def test_plays_that_are_not_utf8_and_the_order_of_the_checks(tmp_path):
+    body = (
+        PLAYS_HEADER + b"u1,\xff,s1,A,1,2024-01-01\nu2,0,,A,1,2024-01-01\nu3,0,s3,A,x,2024-01-01\nu4,0,s4,A,1,never\n"
+    )
+    rows, rejected = read_all(write(tmp_path, body))
+    assert rows == []
+    # A play count is checked last: each row is rejected for what the files without plays reject it for.
+    assert [(r.line, r.reason, r.field) for r in rejected] == [
+        (2, "invalid_utf8", "plays"),
+        (3, "empty_field", "song_id"),
+        (4, "invalid_duration", "duration"),
+        (5, "invalid_timestamp", "timestamp"),
+    ]
+
+
+def test_fast_and_exact_paths_agree_on_clean_data_with_plays():
+    body = b"".join(
+        b'u%d,%d,s%d,"Art, %d",%d,2024-01-%02dT00:00:00Z\n' % (i, 1 + i * 7919 % 1000, i % 7, i % 5, i, i % 28 + 1)
+        for i in range(500)
+    )
+    fast = _parse_fast(body, PLAYS_NAMES)
+    exact = _parse_exact(body, PLAYS_NAMES, 2)
+    assert fast is not None and exact.rejected == []
+    assert fast.to_pylist() == exact.table.to_pylist()
+    assert fast.schema.field("plays").type == exact.table.schema.field("plays").type == pa.uint32()
+
+
+def test_a_header_naming_plays_twice_is_unusable(tmp_path):
+    path = write(tmp_path, b"user_id,song_id,artist,duration,timestamp,plays,plays\n")
+    with pytest.raises(InputError, match=re.escape(f"{path}:1: header repeats column(s) plays")):
+        read_all(path)
+
+
+def test_a_number_too_long_for_int_is_rejected_not_a_crash(tmp_path):
+    """Python refuses int() of more than 4300 digits (ValueError): a duration that long stopped
+    the read instead of being rejected."""
+    path = write(
+        tmp_path, HEADER + GOOD + b"u1,s1,A," + b"9" * 5000 + b",2024-01-01\nu2,s2,A," + b"0" * 5000 + b"7,2024-01-01\n"
+    )
+    rows, rejected = read_all(path)
+    assert [(r.line, r.reason) for r in rejected] == [(3, "invalid_duration")]
+    assert [(r["user_id"], r["duration"]) for r in rows] == [("u0", 7), ("u2", 7)]

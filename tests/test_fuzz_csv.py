@@ -1,10 +1,11 @@
 """Fuzzing the CSV reader (``read_events``) against a plain reference reader.
 
-What is generated: files whose header names the five columns in any order among others (with a
-byte order mark or not, sometimes broken: a column missing or repeated, invalid UTF-8, blank, a
-lone carriage return), then valid rows mixed with bad ones (fields missing or extra, durations
-negative, fractional, hexadecimal, too large, with spaces or non-ASCII digits, timestamps
-malformed or of impossible dates, empty strings, invalid UTF-8), fields quoted or not whether they
+What is generated: files whose header names the five columns in any order among others, plays
+sometimes among them (with a byte order mark or not, sometimes broken: a column missing or
+repeated, invalid UTF-8, blank, a lone carriage return), then valid rows mixed with bad ones
+(fields missing or extra, durations or play counts negative, fractional, hexadecimal, too large,
+with spaces or non-ASCII digits, a count of 0, timestamps malformed or of impossible dates,
+empty strings, invalid UTF-8), fields quoted or not whether they
 need it or not, embedded quotes, commas and line breaks, \\n or \\r\\n or a lone \\r, blank and
 whitespace lines, no final line break, NUL bytes, stray quotes; then sometimes bytes inserted at
 random. Each file is read with chunks of 16 bytes up to the default 16 MiB (many chunk
@@ -47,6 +48,7 @@ pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableException
 
 CORPUS = Path(__file__).resolve().parent / "fuzz_corpus" / "csv"
 COLUMNS = ("user_id", "song_id", "artist", "duration", "timestamp")
+PLAYS = "plays"  # the optional column
 CHUNK_SIZES = (16, 64, 256, 4096, CHUNK_BYTES)
 
 # ---------------------------------------------------------------------------------------------
@@ -56,7 +58,7 @@ CHUNK_SIZES = (16, 64, 256, 4096, CHUNK_BYTES)
 
 @dataclass(frozen=True)
 class Outcome:
-    rows: list[dict]  # user_id, song_id, artist, duration, timestamp
+    rows: list[dict]  # user_id, song_id, artist, duration, timestamp (and plays if the file has them)
     rejected: list[tuple[int, str, str | None]]  # line, reason, field
 
 
@@ -97,18 +99,23 @@ def _not_utf8(text: str) -> bool:
     return any("\udc80" <= c <= "\udcff" for c in text)
 
 
+def _whole_number(text: str, low: int) -> bool:
+    return bool(text) and all(c in "0123456789" for c in text) and low <= int(text) < 2**32
+
+
 def _problem(values: dict[str, str]) -> tuple[str, str | None] | None:
-    for name in COLUMNS:
+    for name in (*COLUMNS, PLAYS) if PLAYS in values else COLUMNS:
         if _not_utf8(values[name]):
             return "invalid_utf8", name
     for name in ("user_id", "song_id", "artist"):
         if values[name] == "":
             return "empty_field", name
-    duration = values["duration"]
-    if not duration or any(c not in "0123456789" for c in duration) or int(duration) >= 2**32:
+    if not _whole_number(values["duration"], 0):
         return "invalid_duration", "duration"
     if stamp_seconds(values["timestamp"]) is None:
         return "invalid_timestamp", "timestamp"
+    if PLAYS in values and not _whole_number(values[PLAYS], 1):
+        return "invalid_plays", PLAYS
     return None
 
 
@@ -130,7 +137,7 @@ def reference_read(data: bytes) -> Outcome | None:
         names = next(csv.reader([text.rstrip("\r\n")]), [])
     except csv.Error:
         return None
-    if any(names.count(c) != 1 for c in COLUMNS):
+    if any(names.count(c) != 1 for c in COLUMNS) or names.count(PLAYS) > 1:
         return None
     body = data[len(header) :].decode("utf-8", errors="surrogateescape")
     lines = _PHYSICAL_LINE.findall(body)
@@ -150,10 +157,13 @@ def reference_read(data: bytes) -> Outcome | None:
         if problem is not None:
             rejected.append((line, *problem))
             continue
-        rows.append({
+        row = {
             "user_id": values["user_id"], "song_id": values["song_id"], "artist": values["artist"],
             "duration": int(values["duration"]), "timestamp": stamp_seconds(values["timestamp"]),
-        })  # fmt: skip
+        }  # fmt: skip
+        if PLAYS in values:
+            row[PLAYS] = int(values[PLAYS])
+        rows.append(row)
     return Outcome(rows, rejected)
 
 
@@ -214,6 +224,8 @@ good_durations = st.one_of(st.integers(0, 2**32 - 1).map(str), st.sampled_from([
 bad_durations = st.sampled_from([
     "", "-5", "1.5", "0x10", " 5", "5 ", "+5", "1e3", "4294967296", "99999999999999999999", "٣", "５", "five", "5\n",
 ])  # fmt: skip
+good_plays = st.one_of(st.integers(1, 2**32 - 1).map(str), st.sampled_from(["1", "01", "4294967295"]))
+bad_plays = st.sampled_from(["", "0", "00", "-1", "1.5", "+1", " 1", "0x10", "4294967296", "9" * 30, "٣", "1\n"])
 bad_timestamps = st.one_of(
     st.sampled_from([
         "", "yesterday", "2024-02-30", "2023-02-29", "2024-13-01", "2024-01-01T24:00", "2024-01-01T10:61",
@@ -258,13 +270,18 @@ def rows(draw: st.DrawFn, names: list[str]) -> str:
     values = {n: draw(st.one_of(text_values, nasty_values)) for n in names}
     values["duration"] = draw(good_durations)
     values["timestamp"] = draw(good_timestamps())
-    kind = draw(st.sampled_from(["valid"] * 4 + ["empty", "duration", "timestamp", "utf8", "missing", "extra"]))
+    if PLAYS in values:
+        values[PLAYS] = draw(good_plays)
+    kinds = ["valid"] * 4 + ["empty", "duration", "timestamp", "utf8", "missing", "extra"]
+    kind = draw(st.sampled_from([*kinds, "plays"] if PLAYS in values else kinds))
     if kind == "empty":
         values[draw(st.sampled_from(["user_id", "song_id", "artist"]))] = ""
     elif kind == "duration":
         values["duration"] = draw(bad_durations)
     elif kind == "timestamp":
         values["timestamp"] = draw(bad_timestamps)
+    elif kind == "plays":
+        values[PLAYS] = draw(bad_plays)
     elif kind == "utf8":
         values[draw(st.sampled_from(names))] += "\udcff"  # an invalid byte, written back below
     fields = [values[n] for n in names]
@@ -293,7 +310,7 @@ def csv_files(draw: st.DrawFn) -> bytes:
     if broken == "renamed":
         header = header.replace(draw(st.sampled_from(COLUMNS)), "renamed")
     elif broken == "repeated":
-        header += "," + draw(st.sampled_from(COLUMNS))
+        header += "," + draw(st.sampled_from([*COLUMNS, PLAYS] if PLAYS in names else COLUMNS))
     elif broken == "lone cr":
         header = header.replace(",", "\r", 1)
     elif broken == "blank":
