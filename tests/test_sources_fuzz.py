@@ -2,12 +2,12 @@
 but InputError (for the whole input) and rejections (for records), and the same way every time.
 
 What is generated: a sample file of a record format (ListenBrainz JSON Lines and JSON array,
-Spotify JSON array, Last.fm-1K TSV, a scrobble CSV) with up to six edits: bytes inserted,
-deleted or replaced by JSON and CSV syntax, invalid UTF-8, line breaks, numbers, nulls. Each is
-read with its format forced. The only outcomes allowed: InputError naming the file; or chunks
-whose rows are well formed (non-empty strings, timestamps the services accept), whose
-rejections name the file, a known reason and a place, and which a strict read and a replayed
-prefix reproduce.
+Spotify JSON array, Last.fm-1K TSV, a scrobble CSV) or of play counts (TSV, CSV) with up to six
+edits: bytes inserted, deleted or replaced by JSON and CSV syntax, invalid UTF-8, line breaks,
+numbers, nulls. Each is read with its format forced. The only outcomes allowed: InputError
+naming the file; or chunks whose rows are well formed (non-empty strings, timestamps the
+services accept, play counts of at least 1), whose rejections name the file, a known reason and
+a place, and which a strict read and a replayed prefix reproduce.
 
 Examples per run in `make test` (tests/fuzzing.py): 300, a few seconds.
 """
@@ -33,9 +33,12 @@ CASES = [
     ("spotify-bad.json", "spotify"),
     ("lastfm-1k.tsv", "lastfm-1k"),
     ("lastfm_scrobbles.csv", "lastfm-scrobbles"),
+    ("playcounts.tsv", "playcounts"),
+    ("playcounts-bad.csv", "playcounts"),
 ]
 JUNK = [b'"', b",", b"{", b"}", b"[", b"]", b":", b"\n", b"\r\n", b"\t", b"\xff", b"\xc3", b"null", b"-1", b"1e999",
-        b"\x00", b"\\", b'"listened_at": ', b'"ts": "', b"\xef\xbb\xbf"]  # fmt: skip
+        b"\x00", b"\\", b'"listened_at": ', b'"ts": "', b"\xef\xbb\xbf", b"0", b"4294967296", b"--",
+        b"9" * 4400]  # fmt: skip
 
 
 @st.composite
@@ -76,6 +79,11 @@ def test_damaged_samples_are_read_without_crashing_and_reproducibly(tmp_path_fac
         rejected = [r for c in chunks for r in c.rejected]
         for chunk in chunks:
             for row in chunk.table.to_pylist():
+                if source.kind == "playcounts":
+                    assert list(row) == ["user_id", "artist", "plays"], row
+                    assert all(isinstance(row[c], str) and row[c] for c in ("user_id", "artist")), row
+                    assert 1 <= row["plays"] < 2**32, row
+                    continue
                 assert all(isinstance(row[c], str) and row[c] for c in ("user_id", "song_id", "artist")), row
                 assert MIN_TIMESTAMP <= row["timestamp"] < MAX_TIMESTAMP, row
             assert set(chunk.skipped) <= set(SKIP_REASONS)

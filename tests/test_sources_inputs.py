@@ -35,6 +35,8 @@ def events(source) -> tuple[list[dict], list]:
         ("endsong_0.json", "spotify"),
         ("lastfm-1k.tsv", "lastfm-1k"),
         ("lastfm_scrobbles.csv", "lastfm-scrobbles"),
+        ("playcounts.tsv", "playcounts"),
+        ("playcounts-bad.csv", "playcounts"),
         ("../stream_data.csv", "csv"),
     ],
 )
@@ -111,11 +113,11 @@ def test_a_chunk_spans_files(monkeypatch):
 
 
 def test_the_reasons_cover_every_format():
-    assert REJECT_REASONS[:5] == ("wrong_field_count", "invalid_utf8", "empty_field", "invalid_duration",
-                                  "invalid_timestamp")  # fmt: skip
+    assert REJECT_REASONS[:6] == ("wrong_field_count", "invalid_utf8", "empty_field", "invalid_duration",
+                                  "invalid_timestamp", "invalid_plays")  # fmt: skip
     seen = set()
     for name, user in (("listenbrainz-bad.jsonl", None), ("spotify-bad.json", None), ("lastfm-1k-bad.tsv", None),
-                       ("lastfm-scrobbles-bad.csv", "u")):  # fmt: skip
+                       ("lastfm-scrobbles-bad.csv", "u"), ("playcounts-bad.csv", None)):  # fmt: skip
         seen |= {r.reason for r in events(open_source(SAMPLES / name, user=user))[1]}
     assert seen <= set(REJECT_REASONS) and len(seen) == len(REJECT_REASONS) - 1  # all but invalid_field
     assert SKIP_REASONS == ("spotify_podcast", "spotify_audiobook")

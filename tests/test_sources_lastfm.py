@@ -104,3 +104,24 @@ def test_scrobble_export_bad_lines():
 def test_scrobble_export_needs_a_user():
     with pytest.raises(InputError, match=r"lastfm_scrobbles\.csv: .*names no user; pass --user NAME"):
         open_source(SAMPLES / "lastfm_scrobbles.csv")
+
+
+@pytest.mark.parametrize(
+    ("uts", "message"),
+    [
+        ("--5", "uts '--5' is not a whole number of seconds"),
+        ("5-", "uts '5-' is not a whole number of seconds"),
+        ("٣", "uts '٣' is not a whole number of seconds"),
+        ("9" * 5000, "uts of 5000 digits is outside the times accepted, 1900-01-01 up to 2200-01-01 UTC"),
+        ("-" + "9" * 20, "uts of 21 digits is outside the times accepted, 1900-01-01 up to 2200-01-01 UTC"),
+    ],
+    ids=["two-signs", "sign-after", "non-ascii-digit", "5000-digits", "21-digits"],
+)
+def test_a_uts_that_is_not_a_time_is_rejected_not_a_crash(tmp_path, uts, message):
+    """int() raised ValueError on "--5" (which passed a check of the digits after the signs) and
+    on more than 4300 digits: the read stopped instead of rejecting the line."""
+    path = tmp_path / "scrobbles.csv"
+    path.write_text(f"uts,artist,track\n1612101900,A,T\n{uts},A,T\n")
+    rows, rejected = read_all(path, user="fred")
+    assert len(rows) == 1
+    assert [(r.line, r.reason, r.field, r.message) for r in rejected] == [(3, "invalid_timestamp", "uts", message)]

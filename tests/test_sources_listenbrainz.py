@@ -167,3 +167,31 @@ def test_a_time_outside_what_the_services_accept_is_rejected(tmp_path):
     assert [(r.line, r.reason, r.field) for r in rejected] == [(1, "invalid_timestamp", "listened_at"),
                                                               (3, "invalid_timestamp", "listened_at")]  # fmt: skip
     assert "is outside the times accepted, 1900-01-01 up to 2200-01-01 UTC" in rejected[0].message
+
+
+def test_a_number_of_more_digits_than_int_converts_is_a_rejected_listen_not_a_crash(tmp_path):
+    """json.loads raises a plain ValueError (not JSONDecodeError) on an integer of more than
+    4300 digits: it stopped the read, and detection, instead of rejecting the listen."""
+    good = {"listened_at": 1640995200, "user_name": "u", "track_metadata": {"artist_name": "A", "track_name": "T"}}
+    huge = json.dumps(good).replace("1640995200", "1" + "0" * 5000)
+    path = tmp_path / "listens.jsonl"
+    path.write_text(json.dumps(good) + "\n" + huge + "\n" + json.dumps(good) + "\n")
+    rows, rejected = read_all(path)
+    assert len(rows) == 2
+    assert [(r.line, r.reason, r.message) for r in rejected] == [
+        (2, "invalid_json", "invalid JSON: a number of more than 4300 digits")
+    ]
+    first_huge = tmp_path / "first.jsonl"
+    first_huge.write_text(huge + "\n" + json.dumps(good) + "\n")
+    with pytest.raises(InputError, match="cannot tell the format"):
+        open_source(first_huge)
+    rows, rejected = read_all(first_huge, format="listenbrainz")
+    assert len(rows) == 1 and [(r.line, r.reason) for r in rejected] == [(1, "invalid_json")]
+
+
+def test_a_first_line_nested_deeper_than_the_recursion_limit_is_not_a_crash(tmp_path):
+    for name, text in (("deep.json", "[" * 60_000), ("deep.jsonl", '{"a": ' + "[" * 60_000 + "\n")):
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(InputError, match="cannot tell the format"):
+            open_source(path)

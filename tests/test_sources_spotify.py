@@ -124,3 +124,18 @@ def test_a_json_array_too_large_to_parse_whole_is_refused_up_front(tmp_path, mon
     monkeypatch.setattr(sources, "MAX_JSON_ARRAY_BYTES", 100)
     with pytest.raises(InputError, match=f"^{path}: a JSON array of .* bytes; arrays over 100 bytes are not read"):
         open_source(path)
+
+
+def test_a_number_of_more_digits_than_int_converts_ends_the_array_with_a_rejection(tmp_path):
+    """json's raw_decode raises a plain ValueError on an integer of more than 4300 digits: it
+    stopped the read instead of being a rejection like any other unreadable element."""
+    stream = {"ts": "2024-01-01T00:00:10Z", "username": "u", "ms_played": 0,
+              "master_metadata_album_artist_name": "A", "spotify_track_uri": "spotify:track:x"}  # fmt: skip
+    path = tmp_path / "Streaming_History_Audio_2024.json"
+    huge = json.dumps(stream).replace('"ms_played": 0', '"ms_played": ' + "9" * 5000)
+    path.write_text(f"[{json.dumps(stream)}, {huge}, {json.dumps(stream)}]")
+    rows, rejected, _ = read_all(path)
+    assert len(rows) == 1
+    assert [(r.line, r.reason, r.message) for r in rejected] == [
+        (2, "invalid_json", "invalid JSON: a number of more than 4300 digits; the rest of the file is not read")
+    ]

@@ -3,11 +3,14 @@
 ``open_source(spec)`` takes a file, a folder (every file in it, recursively), a glob or a zip
 (read in place), tells the format from the content (``format=`` forces one), and checks what can
 be checked before any service is contacted: an unusable input raises InputError naming it.
-``EventSource.chunks()`` then yields csv_source.Chunk objects; every format gives the same
-columns (user_id, song_id, artist, duration in seconds, timestamp in epoch seconds UTC).
+``EventSource.chunks()`` then yields csv_source.Chunk objects. Every format of listening
+events (``EventSource.kind`` "events") gives the same columns: user_id, song_id, artist,
+duration in seconds, timestamp in epoch seconds UTC, and for a CSV with a plays column, plays.
+The ``playcounts`` format (kind "playcounts": how often each user played each artist, with no
+times) gives user_id, artist and plays only.
 
-Formats: csv (this project's own), listenbrainz, spotify, lastfm-1k, lastfm-scrobbles; each
-module's docstring says which field becomes what. In a folder or zip, the files of the format
+Formats: csv (this project's own), listenbrainz, spotify, lastfm-1k, lastfm-scrobbles,
+playcounts; each module's docstring says which field becomes what. In a folder or zip, the files of the format
 are read in name order and the rest (a ListenBrainz export's user.json and feedback, Spotify's
 video history and PDF, a README) are listed in ``EventSource.ignored``.
 """
@@ -26,10 +29,11 @@ from typing import Any
 
 from music_analytics.client import csv_source
 from music_analytics.client.csv_source import HEADER_MAX_BYTES, REQUIRED, Chunk, InputError, parse_header
-from music_analytics.client.sources import lastfm, listenbrainz, spotify
+from music_analytics.client.sources import lastfm, listenbrainz, playcounts, spotify
 from music_analytics.client.sources.inputs import Member, list_members
 from music_analytics.client.sources.records import (
     MAX_JSON_ARRAY_BYTES,
+    UNREADABLE_JSON,
     Event,
     Reader,
     json_array,
@@ -38,9 +42,10 @@ from music_analytics.client.sources.records import (
     text_lines,
 )
 
-__all__ = ["FORMATS", "REJECT_REASONS", "SKIP_REASONS", "EventSource", "InputError", "open_source"]
+__all__ = ["FORMATS", "KINDS", "REJECT_REASONS", "SKIP_REASONS", "EventSource", "InputError", "open_source"]
 
-FORMATS: tuple[str, ...] = ("csv", "listenbrainz", "spotify", "lastfm-1k", "lastfm-scrobbles")
+FORMATS: tuple[str, ...] = ("csv", "listenbrainz", "spotify", "lastfm-1k", "lastfm-scrobbles", "playcounts")
+KINDS: tuple[str, ...] = ("events", "playcounts")  # what a source's chunks hold (EventSource.kind)
 REJECT_REASONS: tuple[str, ...] = (*csv_source.REJECT_REASONS, "invalid_json", "missing_field", "invalid_field")
 SKIP_REASONS: tuple[str, ...] = spotify.SKIP_REASONS
 NEEDS_USER = "pass --user NAME"
@@ -56,6 +61,11 @@ class EventSource:
     total_bytes: int
     ignored: list[str] = field(default_factory=list)  # files in a folder or zip not of the format
     _read: Callable[[bool], Iterator[Chunk]] = field(default=lambda strict: iter(()), repr=False)
+
+    @property
+    def kind(self) -> str:
+        """What the chunks hold: "events" (listening events) or "playcounts" (plays per user and artist)."""
+        return "playcounts" if self.format == "playcounts" else "events"
 
     def chunks(self, *, strict: bool = False, stop_after: int | None = None) -> Iterator[Chunk]:
         """The events chunk by chunk; ``Chunk.end_offset`` counts input bytes across all files.
@@ -111,6 +121,9 @@ def _wanted(member: Member, format: str, detected: str | None) -> bool:
             "spotify": True,
             "lastfm-1k": name.endswith(".tsv") and "profile" not in name,  # the dataset's userid-profile.tsv
             "lastfm-scrobbles": name.endswith(".csv"),
+            # Other files of a play-count dataset have headers too (HetRec's artists.dat,
+            # user_friends.dat): only its play-count file is read when its header does not tell.
+            "playcounts": name == "user_artists.dat",
         }[format]
     )
 
@@ -134,7 +147,7 @@ def detect(member: Member) -> str | None:
     if text.startswith("{"):
         try:
             first = json.loads(text.split("\n", 1)[0])
-        except json.JSONDecodeError:
+        except UNREADABLE_JSON:
             return None
         return "listenbrainz" if listenbrainz.looks_like_listen(first) else None
     line = text.split("\n", 1)[0].rstrip("\r")
@@ -146,6 +159,8 @@ def detect(member: Member) -> str | None:
         return None
     if all(c in fields for c in REQUIRED):
         return "csv"
+    if playcounts.looks_like_playcounts(line):
+        return "playcounts"
     if lastfm.scrobble_line(fields):
         return "lastfm-scrobbles"
     return None
@@ -154,7 +169,7 @@ def detect(member: Member) -> str | None:
 def _first_array_element(text: str) -> Any:
     try:
         value, _ = json.JSONDecoder().raw_decode(text, len(text) - len(text[1:].lstrip()))
-    except json.JSONDecodeError:
+    except UNREADABLE_JSON:
         return None
     return value
 
@@ -166,19 +181,29 @@ def _first_array_element(text: str) -> Any:
 Opener = Callable[[str | Path, list[Member], list[Member], str | None], Callable[[bool], Iterator[Chunk]]]
 
 
-def _open_csv(spec: str | Path, chosen: list[Member], members: list[Member], user: str | None) -> Callable:
-    for member in chosen:
-        parse_header(io.BytesIO(member.head(HEADER_MAX_BYTES + 1)).readline(HEADER_MAX_BYTES + 1), member.name)
+def _first_line(member: Member) -> bytes:
+    return io.BytesIO(member.head(HEADER_MAX_BYTES + 1)).readline(HEADER_MAX_BYTES + 1)
+
+
+def _files_in_turn(chosen: list[Member], read_stream: Callable[..., Iterator[Chunk]]) -> Callable:
+    """How to read ``chosen`` one after the other with a reader of byte-chunked files
+    (csv_source.read_stream's signature), offsets counted across them."""
 
     def read(strict: bool) -> Iterator[Chunk]:
         base = 0
         for member in chosen:
-            for chunk in csv_source.read_stream(member.open, member.name, strict=strict, source=member.name):
+            for chunk in read_stream(member.open, member.name, strict=strict, source=member.name):
                 chunk.end_offset += base
                 yield chunk
             base += member.size
 
     return read
+
+
+def _open_csv(spec: str | Path, chosen: list[Member], members: list[Member], user: str | None) -> Callable:
+    for member in chosen:
+        parse_header(_first_line(member), member.name)
+    return _files_in_turn(chosen, csv_source.read_stream)
 
 
 def _json_reader(member: Member) -> tuple[Reader, str]:
@@ -200,7 +225,7 @@ def _first_record(member: Member) -> Any:
     text = member.head().removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="replace").lstrip()
     if text.startswith("["):
         return _first_array_element(text)
-    with contextlib.suppress(json.JSONDecodeError):
+    with contextlib.suppress(*UNREADABLE_JSON):
         return json.loads(text.split("\n", 1)[0]) if text else None
     return None
 
@@ -235,10 +260,17 @@ def _open_lastfm_scrobbles(spec: str | Path, chosen: list[Member], members: list
     return lambda strict: record_chunks(chosen, lambda m: (lastfm.scrobble_rows, "line"), convert, strict)
 
 
+def _open_playcounts(spec: str | Path, chosen: list[Member], members: list[Member], user: str | None) -> Callable:
+    for member in chosen:
+        playcounts.parse_header(_first_line(member), member.name)
+    return _files_in_turn(chosen, playcounts.read_stream)
+
+
 _OPENERS: dict[str, Opener] = {
     "csv": _open_csv,
     "listenbrainz": _open_listenbrainz,
     "spotify": _open_spotify,
     "lastfm-1k": _open_lastfm_1k,
     "lastfm-scrobbles": _open_lastfm_scrobbles,
+    "playcounts": _open_playcounts,
 }

@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
+from music_analytics.client.csv_source import TIMESTAMP_RANGE
 from music_analytics.client.sources.inputs import Member
 from music_analytics.client.sources.records import BadRecordError, Event, checked_timestamp, text_field, text_lines
 from music_analytics.services.common.timestamps import parse_timestamp
@@ -55,6 +56,8 @@ SCROBBLE_DATE = re.compile(
     r"(?P<day>[0-9]{1,2}) (?P<month>[A-Z][a-z]{2}) (?P<year>[0-9]{4}),? (?P<hour>[0-9]{2}):(?P<minute>[0-9]{2})"
 )
 SCROBBLE_COLUMNS = ("artist", "album", "track", "date")
+WHOLE_SECONDS = re.compile(r"-?[0-9]+")
+MAX_SECONDS_DIGITS = 19  # an int64's: any longer value is far outside the times accepted
 
 
 def scrobble_date(text: str) -> int | None:
@@ -109,8 +112,10 @@ def convert_scrobble(default_user: str | None) -> Callable[[Any], Event]:
         song = text_field(fields[columns["track"]], "track")
         if "uts" in columns:
             uts = fields[columns["uts"]]
-            if not uts.lstrip("-").isdigit() or not uts.isascii():
+            if not WHOLE_SECONDS.fullmatch(uts):
                 raise BadRecordError("invalid_timestamp", "uts", f"uts {uts!r} is not a whole number of seconds")
+            if len(uts.lstrip("-").lstrip("0")) > MAX_SECONDS_DIGITS:  # int() refuses over 4300 digits
+                raise BadRecordError("invalid_timestamp", "uts", f"uts of {len(uts)} digits {TIMESTAMP_RANGE}")
             seconds: int | None = int(uts)
         else:
             date = fields[columns["date"]]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -175,14 +176,25 @@ def json_lines(member: Member, raw: BinaryIO) -> Iterator[tuple[int, Any]]:
             yield number, _loads(line)
 
 
+# What the json module raises on text it cannot read: a syntax error (JSONDecodeError, a
+# ValueError), a number of more digits than int() converts (ValueError), nesting deeper than the
+# recursion limit.
+UNREADABLE_JSON = (ValueError, RecursionError)
+
+
 def _loads(data: bytes) -> Any:
     # Invalid UTF-8 is kept (surrogateescape) so that only a record using it is rejected.
     try:
         return json.loads(data.decode("utf-8", errors="surrogateescape"))
     except json.JSONDecodeError as exc:
         return BadRecordError("invalid_json", None, f"invalid JSON: {exc.msg} at column {exc.colno}")
+    except ValueError:
+        return BadRecordError("invalid_json", None, f"invalid JSON: {TOO_MANY_DIGITS}")
     except RecursionError:
         return BadRecordError("invalid_json", None, "invalid JSON: nested too deeply")
+
+
+TOO_MANY_DIGITS = f"a number of more than {sys.get_int_max_str_digits()} digits"
 
 
 _SPACE = re.compile(r"[ \t\n\r]*")
@@ -209,6 +221,10 @@ def json_array(member: Member, raw: BinaryIO) -> Iterator[tuple[int, Any]]:
             value, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             yield number, BadRecordError("invalid_json", None, _array_error(exc, "the rest of the file is not read"))
+            return
+        except ValueError:
+            message = f"invalid JSON: {TOO_MANY_DIGITS}; the rest of the file is not read"
+            yield number, BadRecordError("invalid_json", None, message)
             return
         except RecursionError:
             yield (

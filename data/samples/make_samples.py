@@ -2,8 +2,9 @@
 
     python data/samples/make_samples.py
 
-Each sample has the shape of the real export, the fields we ignore included; the ``*-bad*``
-files hold one record of each kind of problem among valid ones. tests/test_sources_*.py read them.
+Each sample has the shape of the real export (or dataset), the fields we ignore included, with
+made-up values; the ``*-bad*`` files hold one record of each kind of problem among valid ones.
+tests/test_sources_*.py read them.
 """
 
 from __future__ import annotations
@@ -279,10 +280,49 @@ def lastfm(rng: random.Random, out: Path) -> None:
     (out / "lastfm-scrobbles-bad.csv").write_text("\n".join(bad_rows) + "\n")
 
 
+# ---------------------------------------------------------------------------------------------
+# Play counts
+# ---------------------------------------------------------------------------------------------
+
+
+def playcounts(rng: random.Random, out: Path) -> None:
+    # HetRec 2011's user_artists.dat shape: numeric ids, tab-separated, rows by user then artist.
+    # Three groups of artists; each user mostly plays one group, so tastes differ.
+    groups = [range(group * 10 + 1, group * 10 + 11) for group in range(3)]
+    lines = ["userID\tartistID\tweight"]
+    for user in range(2, 20):
+        favourite = groups[user % 3]
+        artists = set(rng.sample(favourite, rng.randrange(3, 7)))
+        artists |= set(rng.sample(range(1, 31), rng.randrange(0, 3)))
+        for artist in sorted(artists):
+            weight = int(rng.paretovariate(1.2) * (60 if artist in favourite else 8))
+            lines.append(f"{user}\t{artist}\t{weight}")
+    (out / "playcounts.tsv").write_text("\n".join(lines) + "\n")
+
+    # Named columns in a CSV (quoted where a name needs it), one row of each kind of problem.
+    bad = [
+        b"user,artist_name,plays,country",
+        b'alice,"Earth, Wind & Fire",12,DE',  # 2
+        b"alice,Radiohead",  # 3: two fields
+        b"bob,Bj\xf6rk,3,IS",  # 4: Latin-1, not UTF-8
+        b",Radiohead,4,DE",  # 5: no user
+        b"bob,,4,DE",  # 6: no artist
+        b"bob,Radiohead,0,DE",  # 7: no plays
+        b"bob,Radiohead,-1,DE",  # 8
+        b"bob,Radiohead,1.5,DE",  # 9
+        b"bob,Radiohead,4294967296,DE",  # 10: past 2^32-1
+        b"bob,Radiohead,,DE",  # 11: empty
+        b'carol,"The ""Quoted"" Band",7,FR',  # 12
+        f"carol,{ARTISTS[3][0]},{rng.randrange(1, 500)},JP".encode(),  # 13
+    ]
+    (out / "playcounts-bad.csv").write_bytes(b"\n".join(bad) + b"\n")
+
+
 def main(out: Path = HERE) -> None:
     listenbrainz(random.Random(1), out)
     spotify(random.Random(2), out)
     lastfm(random.Random(3), out)
+    playcounts(random.Random(4), out)
 
 
 if __name__ == "__main__":
