@@ -353,6 +353,8 @@ def _summary(document: dict) -> dict:
         # (1 MiB) past about 18 years of history; the results JSON on the volume has them.
         "listening_stats": _without_days(document["listening_stats"]),
         "user_stats": document["user_stats"],
+        # The model only; each user's artists are in the per-user file.
+        "personalized_recommendations": document["personalized_recommendations"],
     }
 
 
