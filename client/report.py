@@ -409,7 +409,8 @@ def _most_active(candidates: list[tuple[str, int, int, bytes]], n: int) -> list[
 def _compact_user(check: _Checker, record: dict[str, Any]) -> dict[str, Any]:
     """One user's statistics in the short form the page embeds ("t" total seconds, "a" top artist,
     "ta"/"ts" [name, listens] pairs, "d" [day * 24 + hour, listens] for non-zero cells, "m" [month,
-    listens]): thousands of users' full records would make the page several times larger."""
+    listens], "pa" [artist, score] personalized artists and "pb" what chose them): thousands of
+    users' full records would make the page several times larger."""
     compact: dict[str, Any] = {
         "t": record["total_time"],
         "a": check.text(check.key(record, "top_artist", "line"), "top_artist"),
@@ -425,7 +426,22 @@ def _compact_user(check: _Checker, record: dict[str, Any]) -> dict[str, Any]:
         months = _activity(check, record["listening_activity"], "listening_activity", ("month",)).get("month")
         if months is not None:
             compact["m"] = _compact_months(check, months)
+    if _has(record, "recommended_artists"):
+        compact["pa"] = _personalized(check, record["recommended_artists"])
+        compact["pb"] = check.text(check.key(record, "recommended_by", "line"), "recommended_by")
     return compact
+
+
+def _personalized(check: _Checker, value: object) -> list[list[Any]]:
+    """[artist, score] for each recommended artist, in the line's order (best first)."""
+    out = []
+    for i, entry in enumerate(check.array(value, "recommended_artists")):
+        at = f"recommended_artists[{i}]"
+        entry = check.obj(entry, at)
+        artist = check.text(check.key(entry, "artist", at), f"{at}.artist")
+        score = check.expect(check.key(entry, "score", at), (int, float), f"{at}.score", "a number")
+        out.append([artist, score])
+    return out
 
 
 def _month_number(label: str) -> int | None:

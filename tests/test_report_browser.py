@@ -263,12 +263,25 @@ def test_report_draws_the_run_exactly(browser: object, run: Run) -> None:
     expected_recommendations = results["recommendation_results"]["recommendations"][HOSTILE_USER]
     assert expected_recommendations and [r for r, _ in recommendations] == expected_recommendations
     assert all(label == shown for label, shown in recommendations)
+    personalized = page.eval_on_selector_all(
+        '[data-chart="user-artists-for-you"] .rec',
+        "els => els.map(e => [e.dataset.label, e.textContent, Number(e.dataset.score)])",
+    )
+    assert personalized == [[a["artist"], a["artist"], a["score"]] for a in line["recommended_artists"]]
+    assert page.get_attribute('[data-chart="user-artists-for-you"]', "data-by") == line["recommended_by"]
 
-    # Every other user too, checked on their totals and monthly activity.
+    # Every other user too, checked on their totals, monthly activity and artists for them.
+    shown_any = False
     for user, line in run.users.items():
         _search(page, user)
         assert page.get_attribute('#user-result [data-label="total_time"]', "data-value") == str(line["total_time"])
         assert _points(page, "user-months") == _periods(line["listening_activity"]["month"])
+        shown = page.eval_on_selector_all(
+            '[data-chart="user-artists-for-you"] .rec', "els => els.map(e => e.dataset.label)"
+        )
+        assert shown == [a["artist"] for a in line["recommended_artists"]]
+        shown_any = shown_any or bool(shown)
+    assert shown_any  # the data leaves some users artists they have not played
 
     _search(page, UNKNOWN_USER)
     assert page.text_content("#user-result .not-found") == f"No user “{UNKNOWN_USER}” in this run."

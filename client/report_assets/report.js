@@ -193,7 +193,30 @@
       recList = empty("user-recommendations", "No recommendations for this user.");
     }
     panel.append(section("Recommended", recList));
+    if (record.pa) panel.append(section("Artists for you", personalized(record.pa, record.pb)));
     result.replaceChildren(panel);
+  }
+
+  // Artists the user has not played, best first: learned from listeners of similar taste, or
+  // the most popular ones when the user's history gave the model too little to go on.
+  function personalized(pairs, by) {
+    const wrap = el("div", { "data-chart": "user-artists-for-you", "data-by": by });
+    const why = by === "popularity"
+      ? "Popular artists you have not played: your history is too short to learn your taste from."
+      : by.endsWith("+popularity")
+        ? `From listeners with similar taste (${by.split("+")[0]}), then popular artists you have not played.`
+        : `From listeners with similar taste (${by}).`;
+    if (!pairs.length) {
+      wrap.append(empty("user-artists-for-you-list", "No artist left that this user has not played."));
+      return wrap;
+    }
+    wrap.append(el("p", { class: "note" }, why));
+    const list = el("ol", { class: "plain" });
+    for (const [artist, score] of pairs) {
+      list.append(el("li", { class: "rec", "data-label": artist, "data-score": String(score) }, artist));
+    }
+    wrap.append(list);
+    return wrap;
   }
 
   function showMissing(id) {
