@@ -247,6 +247,7 @@ def _catalogue(events: int, seed: int, tricky: bool) -> _Catalogue:
     # popularity (stars sit in many clusters, so they stay popular overall; the rest of a cluster
     # is its own) and weighted inside the cluster by popularity times a cluster-specific liking.
     n_c = card.clusters
+    # A genre with no artist (possible for tiny inputs) has weight 0, so no cluster draws it.
     genre_p = genre_pop**GENRE_FLATTEN / (genre_pop**GENRE_FLATTEN).sum()
     main_genre = rng.choice(n_g, size=n_c, p=genre_p)
     other_genre = np.where(rng.random(n_c) < TWO_GENRE_SHARE, rng.choice(n_g, size=n_c, p=genre_p), main_genre)
@@ -258,7 +259,8 @@ def _catalogue(events: int, seed: int, tricky: bool) -> _Catalogue:
         if other_genre[c] != main_genre[c]:
             pool = np.concatenate((pool, artist_by_genre[genre_lo[other_genre[c]] : genre_hi[other_genre[c]]]))
         size = min(pool.size, card.cluster_size)
-        # Weighted sampling without replacement (Gumbel top-k), sorted so the order is the pool's.
+        # Weighted sampling without replacement (Gumbel top-k); sorted, since the order argpartition
+        # leaves is an implementation detail and the output must not depend on it.
         keys = MEMBER_EXPONENT * log_w[pool] + rng.gumbel(size=pool.size)
         chosen = pool[np.sort(np.argpartition(-keys, size - 1)[:size])]
         members.append(chosen)
