@@ -12,7 +12,12 @@ import pyarrow as pa
 from music_analytics.api import events_pb2, userbehavior_pb2, userbehavior_pb2_grpc
 from music_analytics.services.common.clock import LocalClock, UnknownTimeZoneError
 from music_analytics.services.common.config import CallLimits
-from music_analytics.services.common.contract import TOP_USERS, USERBEHAVIOR, USERS_PER_MESSAGE
+from music_analytics.services.common.contract import (
+    ARTIST_ENTRIES_PER_MESSAGE,
+    TOP_USERS,
+    USERBEHAVIOR,
+    USERS_PER_MESSAGE,
+)
 from music_analytics.services.common.events import (
     ARTIST,
     DURATION,
@@ -62,7 +67,11 @@ class UserBehaviorServicer(userbehavior_pb2_grpc.UserBehaviorServiceServicer):
             top_n = ingest(request_iterator, context, self.m, NEEDED, add, TOP_USERS, stats, self.limits, settings)
             start = time.perf_counter()
             counts = {"events_processed": stats.events, "distinct_users": stats.distinct_users}
-            for chunk in stats.summaries(USERS_PER_MESSAGE):
+            # Every artist of every user on top of the statistics: half the users a message, and a
+            # quarter of the message limit for those entries, keep a message of heavy listeners
+            # (long top-song names, thousands of artists each) under the limit.
+            chunk_users = USERS_PER_MESSAGE // 2 if stats.artist_plays else USERS_PER_MESSAGE
+            for chunk in stats.summaries(chunk_users, ARTIST_ENTRIES_PER_MESSAGE // 2):
                 yield userbehavior_pb2.AnalyzeUsersResponse(users=summaries_message(chunk), **counts)
             top = stats.top_users(top_n)
             activity = site_activity_message(stats.site_activity())
