@@ -62,7 +62,6 @@ ARTIST_NAMES = ("artist", "artist_name", "artistid")
 PLAYS_NAMES = ("plays", "weight", "count")
 KINDS = {"user": USER_NAMES, "artist": ARTIST_NAMES, "play-count": PLAYS_NAMES}
 ARTICLES = {"user": "a", "artist": "an", "play-count": "a"}
-COLUMNS = ("user_id", "artist", PLAYS)  # of the chunks' tables
 EXPECTED = "a user column ({}), an artist column ({}) and a play-count column ({})".format(
     *(", ".join(names) for names in KINDS.values())
 )
