@@ -29,8 +29,8 @@ def _add_run_arguments(p: argparse.ArgumentParser, data_required: bool) -> None:
     )
     p.add_argument(
         "--format",
-        help="the input's format: csv, listenbrainz, spotify, lastfm-1k or lastfm-scrobbles (default: told "
-        "from the content)",
+        help="the input's format: csv, listenbrainz, spotify, lastfm-1k, lastfm-scrobbles or playcounts "
+        "(default: told from the content)",
     )
     p.add_argument("--user", metavar="NAME", help="the user of an export that does not name one")
     p.add_argument("--out", default=DEFAULT_RESULTS, help=f"results JSON path (default {DEFAULT_RESULTS})")
