@@ -40,6 +40,33 @@ def problems(summary: Any) -> list[str]:
     user_stats = summary.get("user_stats")
     if not isinstance(user_stats, dict) or not user_stats.get("path") or user_stats.get("users") != users:
         found.append(f"user_stats is {user_stats!r}, expected the per-user file's path and {users!r} users")
+    lines = user_stats.get("users") if isinstance(user_stats, dict) else None
+    found += model_problems(summary.get("personalized_recommendations"), lines)
+    return found
+
+
+def model_problems(model: Any, lines: Any) -> list[str]:
+    """What is wrong with the recommender's summary, given the per-user file's line count; null
+    (personalized artists off, or a client from before them, which leaves the key out) is fine."""
+    if model is None:
+        return []
+    where = "personalized_recommendations"
+    if not isinstance(model, dict):
+        return [f"{where} is a {type(model).__name__}, expected an object or null"]
+    found = []
+    algorithm = model.get("algorithm")
+    if not isinstance(algorithm, str) or not algorithm:
+        found.append(f"{where}.algorithm is {algorithm!r}, expected the recommender's name")
+    n = model.get("n")
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        found.append(f"{where}.n is {n!r}, expected the artists asked for per user (a model is only trained for n > 0)")
+    # The model is trained on every user's plays: a user missing from it got no artists.
+    if model.get("users") != lines:
+        found.append(f"{where}.users is {model.get('users')!r}, expected user_stats.users ({lines!r})")
+    users_by = model.get("users_by")
+    counts = list(users_by.values()) if isinstance(users_by, dict) else None
+    if counts is None or not all(isinstance(c, int) for c in counts) or sum(counts) != lines:
+        found.append(f"{where}.users_by is {users_by!r}, expected how each of the {lines!r} users got their artists")
     return found
 
 
@@ -58,7 +85,9 @@ def main() -> int:
         print("error: stored results are not a real run's: " + "; ".join(found), file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2, sort_keys=True))
-    print(f"results OK: {summary['events_processed']} events, {summary['users']} users")
+    model = summary.get("personalized_recommendations")
+    artists = f", {model['n']} artists each by {model['algorithm']}" if model else ", no personalized artists"
+    print(f"results OK: {summary['events_processed']} events, {summary['users']} users{artists}")
     return 0
 
 

@@ -16,11 +16,21 @@ from typing import Any
 
 import helm_python as helm
 import kubernetes_validate
+import numpy as np
+import pyarrow as pa
 import pytest
 import yaml
 
 from music_analytics.client.cli import build_parser, user_stats_path
-from music_analytics.client.sources import FORMATS
+from music_analytics.client.sources import FORMATS, EventSource
+from music_analytics.services.common.contract import (
+    ARTIST_ENTRIES_PER_MESSAGE,
+    MAX_PERSONALIZED_N,
+    PERSONALIZED_N,
+    USERS_PER_MESSAGE,
+)
+from music_analytics.services.recommendation.model import ALGORITHMS, DEFAULT_ALGORITHM
+from music_analytics.services.recommendation.personalized import PlaysCollector, UsersPlays
 from music_analytics.services.registry import SERVICES
 from tests.support.chart import (
     CHART,
@@ -53,6 +63,7 @@ from tests.support.chart import (
     rendered,
     selects,
 )
+from tests.support.rendered_pods import quantity_bytes
 
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
@@ -94,6 +105,16 @@ def test_lint_strict_clean(name: str):
         ({"job": {"resultsVolume": {"claimName": "keep"}}}, "unknown key in job.resultsVolume"),
         ({"job": {"resultsVolume": {"persistentVolumeClaim": "Kept_Results"}}}, "claim name that is no DNS name"),
         ({"job": {"resultsVolume": {"persistentVolumeClaim": {"claimName": "keep"}}}}, "claim as an object"),
+        ({"job": {"personalized": {"artistsPerUser": MAX_PERSONALIZED_N + 1}}}, "more artists than the service gives"),
+        ({"job": {"personalized": {"artistsPerUser": -1}}}, "negative artists per user"),
+        ({"job": {"personalized": {"artistsPerUser": "10"}}}, "artists per user as a string"),
+        ({"job": {"personalized": {"algorithm": "magic"}}}, "unknown recommender"),
+        ({"job": {"personalized": {"algorithm": "BM25"}}}, "recommender in the wrong case"),
+        ({"job": {"personalized": {"seed": -1}}}, "negative seed"),
+        ({"job": {"personalized": {"seed": 2**53}}}, "seed a values file cannot carry exactly"),
+        ({"job": {"personalized": {"seed": 1.5}}}, "fractional seed"),
+        ({"job": {"personalized": {"n": 5}}}, "artists per user under the CLI's name"),
+        ({"job": {"personalised": {"artistsPerUser": 5}}}, "typo of job.personalized"),
     ],
 )
 def test_schema_rejects_bad_values(overrides: dict[str, Any], why: str):
@@ -591,10 +612,14 @@ def test_job_listening_options_as_given(timezone: str, data_format: str, user: s
 
 
 def test_format_values_are_the_formats_the_client_reads():
+    """Every format of listening events the client reads, and only those: the Job runs `run`, which
+    refuses a file of play counts (it has no songs or times to analyse)."""
     schema = json.loads((CHART / "values.schema.json").read_text())
     allowed_formats = schema["properties"]["job"]["properties"]["data"]["properties"]["format"]["enum"]
-    assert sorted(allowed_formats) == sorted(["", *FORMATS])
-    for data_format in FORMATS:
+    events = [f for f in FORMATS if EventSource(format=f, files=[], total_bytes=0).kind == "events"]
+    assert events
+    assert sorted(allowed_formats) == sorted(["", *events])
+    for data_format in events:
         assert parsed_job_command(pipeline_job(render_docs({"job": {"data": {"format": data_format}}}))).format == (
             data_format
         )
@@ -625,6 +650,151 @@ def test_bad_format_is_named_by_the_schema():
     with pytest.raises(helm.HelmError, match="/job/data/format") as failure:
         chart().render({"job": {"data": {"format": "itunes"}}}, name=RELEASE, namespace=NAMESPACE)
     assert "listenbrainz" in str(failure.value)  # the allowed values are listed
+
+
+# ---------------------------------------------------------------- personalized artists
+
+
+def personalized_args(values: dict[str, Any]) -> tuple[int, str, int]:
+    """(artists per user, recommender, seed) as the client reads the rendered Job's arguments."""
+    job = pipeline_job(render_docs(values))
+    for kube in KUBE_VERSIONS:
+        kubernetes_validate.validate(job, kube, strict=True)
+    args = parsed_job_command(job)
+    return args.personalized_n, args.recommender, args.seed
+
+
+def test_personalized_defaults_are_the_services():
+    """By default the Job asks for the contract's number of artists and leaves the algorithm to the
+    service (no --recommender: a newer service's default is taken without a chart change)."""
+    (container,) = pipeline_job(render_docs({}))["spec"]["template"]["spec"]["containers"]
+    assert "--recommender" not in container["args"]
+    assert personalized_args({}) == (PERSONALIZED_N, "", 0)
+    defaults = build_parser().parse_args(["run", "--data", "events.csv"])
+    assert personalized_args({}) == (defaults.personalized_n, defaults.recommender, defaults.seed)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_personalized_values_reach_the_job(algorithm: str):
+    # The largest seed the schema allows, from a values file as Helm reads it (numbers as floats):
+    # it must arrive digit for digit, not as 9.007199254740991e+15.
+    values = helm.values_from_yaml(
+        f"job:\n  personalized:\n    artistsPerUser: {MAX_PERSONALIZED_N}\n"
+        f"    algorithm: {algorithm}\n    seed: {2**53 - 1}\n"
+    )
+    assert personalized_args(values) == (MAX_PERSONALIZED_N, algorithm, 2**53 - 1)
+    assert personalized_args({"job": {"personalized": {"seed": 12_345_678}}}) == (PERSONALIZED_N, "", 12_345_678)
+
+
+def test_personalized_artists_off():
+    """0 turns them off: the client then asks UserBehavior for no plays per artist at all."""
+    assert personalized_args({"job": {"personalized": {"artistsPerUser": 0}}}) == (0, "", 0)
+    assert personalized_args(helm.parse_set_string("job.personalized.artistsPerUser=0")) == (0, "", 0)
+
+
+def test_personalized_schema_is_the_services_contract():
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    own = schema["properties"]["job"]["properties"]["personalized"]["properties"]
+    assert own["algorithm"]["enum"] == ["", *ALGORITHMS]
+    assert (own["artistsPerUser"]["minimum"], own["artistsPerUser"]["maximum"]) == (0, MAX_PERSONALIZED_N)
+    assert chart().values["job"]["personalized"] == {"artistsPerUser": PERSONALIZED_N, "algorithm": "", "seed": 0}
+    assert DEFAULT_ALGORITHM in ALGORITHMS
+    with pytest.raises(helm.HelmError, match="/job/personalized/algorithm") as failure:
+        chart().render({"job": {"personalized": {"algorithm": "magic"}}}, name=RELEASE, namespace=NAMESPACE)
+    assert "bm25" in str(failure.value)  # the allowed values are listed
+
+
+def test_values_yaml_keys_read_the_same_in_helm():
+    """Helm reads values files as YAML 1.1, where keys such as n, y, on and off are booleans: such a
+    key in values.yaml would reach the templates as "false" or "true" and fail the schema."""
+
+    def keys(node: Any, path: str = "") -> set[str]:
+        if not isinstance(node, dict):
+            return set()
+        return {f"{path}/{k}" for k in node} | {p for k, v in node.items() for p in keys(v, f"{path}/{k}")}
+
+    text = (CHART / "values.yaml").read_text()
+    assert keys(helm.values_from_yaml(text)) == keys(yaml.safe_load(text))
+    assert keys(helm.values_from_yaml("n: 1\n")) == {"/false"}  # the trap this guards against
+
+
+def test_recommendation_service_gets_its_own_resources():
+    """The Recommendation service trains on every user's plays in one call, on as many threads as
+    its CPU limit: its own requests and limits, while the other services keep default.resources."""
+    docs = render_docs({})
+    default = chart().values["default"]["resources"]
+    own = chart().values["services"]["recommendation"]["resources"]
+    for component in COMPONENTS:
+        (container,) = deployment_for(docs, component)["spec"]["template"]["spec"]["containers"]
+        assert container["resources"] == (own if component == "recommendation" else default), component
+    assert own == {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}}
+    assert "cpu" not in default["limits"]
+
+
+def test_recommendation_budget_admits_every_users_plays():
+    """The per-call budget the chart's memory limit gives the Recommendation service by default
+    (half the limit) admits twice the plays of some 10M events: 10M (user, artist) pairs, 50 for
+    each of 200k users over 20k artists, in messages shaped as UserBehavior sends them (each
+    naming every artist, the most a message can cost), by the service's own accounting."""
+    (container,) = deployment_for(render_docs({}), "recommendation")["spec"]["template"]["spec"]["containers"]
+    assert "MUSIC_ANALYTICS_MAX_CALL_BYTES" not in env_of(container)  # the server's default: half the limit
+    budget = quantity_bytes(container["resources"]["limits"]["memory"]) // 2
+    users, per_user = 200_000, 50
+    artists = pa.array([f"artist-{a:06d}" for a in range(20_000)])
+    per_message = min(USERS_PER_MESSAGE, ARTIST_ENTRIES_PER_MESSAGE // per_user)
+    rng = np.random.default_rng(0)
+    collector = PlaysCollector()
+    for lo in range(0, users, per_message):
+        count = min(per_message, users - lo)
+        collector.add(
+            UsersPlays(
+                user_ids=pa.array([f"user-{u:08d}" for u in range(lo, lo + count)]),
+                ends=(np.arange(1, count + 1) * per_user).astype(np.uint32),
+                artists=artists,
+                artist_idx=rng.integers(0, len(artists), count * per_user).astype(np.uint32),
+                plays=np.ones(count * per_user, dtype=np.uint32),
+            )
+        )
+    assert collector.entries == users * per_user
+    assert collector.nbytes * collector.peak_factor <= budget, (collector.nbytes, budget)
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        # One key of the service's own: the rest of its resources stay.
+        (
+            "services.recommendation.resources.limits.memory=2Gi",
+            {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"cpu": "2", "memory": "2Gi"}},
+        ),
+        # null drops a key (no CPU limit: the service then uses every core of the node).
+        (
+            "services.recommendation.resources.limits.cpu=null",
+            {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        ),
+        # default.resources reaches the keys the service does not set itself, not the ones it does.
+        (
+            "default.resources.requests.ephemeral-storage=1Gi,default.resources.limits.memory=3Gi",
+            {
+                "requests": {"cpu": "500m", "memory": "256Mi", "ephemeral-storage": "1Gi"},
+                "limits": {"cpu": "2", "memory": "1Gi"},
+            },
+        ),
+    ],
+)
+def test_recommendation_resources_override(values: str, expected: dict[str, Any]):
+    docs = render_docs(helm.parse_set_string(values))
+    (container,) = deployment_for(docs, "recommendation")["spec"]["template"]["spec"]["containers"]
+    assert container["resources"] == expected
+    # The server's per-call budget follows the limit it really gets (the Downward API's value).
+    (memory,) = [e for e in container["env"] if e["name"] == "MUSIC_ANALYTICS_MEMORY_LIMIT_BYTES"]
+    assert memory["valueFrom"]["resourceFieldRef"]["resource"] == "limits.memory"
+    for kube in KUBE_VERSIONS:
+        kubernetes_validate.validate(deployment_for(docs, "recommendation"), kube, strict=True)
+    # The other services are untouched by a change to the Recommendation service's own resources.
+    if values.startswith("services."):
+        (other,) = deployment_for(docs, "mapreduce")["spec"]["template"]["spec"]["containers"]
+        assert other["resources"] == chart().values["default"]["resources"]
 
 
 def test_results_volume_on_a_claim():

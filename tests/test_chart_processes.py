@@ -6,7 +6,8 @@ temporary directories holding the rendered ConfigMaps' files, Service DNS names 
 addresses of that Service's pods. Readiness is checked with the rendered gRPC probe; the helm
 test pods' command runs against each service; then the Job's command must complete the
 pipeline, shard across the replicas and write its summary ConfigMap through a stand-in API
-server that enforces the chart's Role. Finally every service must stop cleanly on SIGTERM
+server that enforces the chart's Role, with each user's recommended artists as the chart's values
+ask (how many, which recommender, or none). Finally every service must stop cleanly on SIGTERM
 within the pod's terminationGracePeriodSeconds.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,8 @@ from typing import Any
 import pytest
 
 from music_analytics.client.demo import free_port
+from music_analytics.services.recommendation.model import ALGORITHMS, DEFAULT_ALGORITHM
+from tests.conftest import ROOT
 from tests.oracle import oracle_stats
 from tests.support.chart import by_kind, job_args, one, pipeline_job, render_docs
 from tests.support.rendered_pods import (
@@ -37,6 +41,13 @@ from tests.support.rendered_pods import (
 
 # Not UTC, and with daylight saving time: a zone the Job ignored would show in every statistic.
 JOB_TIMEZONE = "Europe/Berlin"
+# Not the client's default (10): a Job that dropped the chart's value would recommend 10 artists.
+JOB_ARTISTS = 3
+CLUSTER_VALUES = {
+    "default": {"replicas": 2},
+    "job": {"timezone": JOB_TIMEZONE, "personalized": {"artistsPerUser": JOB_ARTISTS}},
+}
+RECOMMENDATION_KEYS = ("recommended_artists", "recommended_by")
 
 
 @dataclass
@@ -79,7 +90,7 @@ def handled_calls(metrics_port: int) -> float:
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory):
     """The rendered services, two replicas each, running as local processes."""
-    docs = render_docs({"default": {"replicas": 2}, "job": {"timezone": JOB_TIMEZONE}})
+    docs = render_docs(CLUSTER_VALUES)
     root = tmp_path_factory.mktemp("cluster")
     workloads = []
     for dep in by_kind(docs, "Deployment"):
@@ -154,12 +165,30 @@ def test_helm_test_commands_pass(deployed):
         assert result.stdout.startswith("OK "), result.stdout
 
 
-def test_job_command_completes_the_pipeline(deployed):
-    docs, workloads, root = deployed
+@dataclass
+class JobRun:
+    """What one run of the rendered Job's command left: its log, the files on its results volume
+    (read back), the summary it stored in the results ConfigMap, and the input it read."""
+
+    result: subprocess.CompletedProcess[str]
+    args: dict[str, Any]
+    data: str
+    user_stats: Path
+    results: dict[str, Any]
+    lines: list[dict[str, Any]]
+    stored: dict[str, Any]
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return json.loads(self.stored["data"]["summary.json"])
+
+
+def run_rendered_job(docs: list[dict[str, Any]], workloads: dict[str, Workload], root: Path) -> JobRun:
+    """The rendered Job's command against the local replicas, its paths mapped under ``root``."""
     job = pipeline_job(docs)
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    mounts = mount_volumes(pod, container, docs, root / "job")
+    mounts = mount_volumes(pod, container, docs, root)
     parsed = job_args(job)
     args = []
     for arg in container["args"]:
@@ -167,26 +196,47 @@ def test_job_command_completes_the_pipeline(deployed):
             host, port = arg.removeprefix("dns:///").rsplit(":", 1)
             arg = local_address(docs, workloads, host, int(port))
         args.append(map_paths(arg, mounts))
-
     result, stored = run_job_container(docs, job, container, args, mounts, root)
-
-    assert result.stdout.strip(), "the Job's log must carry a readable summary"
     out = Path(map_paths(parsed["--out"], mounts))
-    results = json.loads(out.read_text())
-    assert results
-    summary = json.loads(stored["data"]["summary.json"])
+    user_stats = Path(map_paths(parsed["--user-stats"], mounts))
+    lines = [json.loads(line) for line in user_stats.read_text(encoding="utf-8").splitlines()]
+    data = map_paths(parsed["--data"], mounts)
+    return JobRun(result, parsed, data, user_stats, json.loads(out.read_text()), lines, stored)
+
+
+def check_results(stored: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """k8s/check-results.py, as `make kind-e2e` runs it, on the summary a Job stored."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "k8s" / "check-results.py")],
+        input=stored["data"]["summary.json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_job_command_completes_the_pipeline(deployed):
+    docs, workloads, root = deployed
+    run = run_rendered_job(docs, workloads, root / "job")
+
+    assert run.result.stdout.strip(), "the Job's log must carry a readable summary"
+    assert run.results
+    summary = run.summary
     assert summary, "the summary ConfigMap was written"
     # The time statistics in the chart's time zone, site-wide in the summary and per user in the
-    # JSON Lines file where the chart says, both equal to the oracle's.
-    expected = oracle_stats(map_paths(parsed["--data"], mounts), JOB_TIMEZONE)
-    assert results["listening_stats"] == expected["listening_stats"]
+    # JSON Lines file where the chart says, both equal to the oracle's; each user's line with the
+    # number of recommended artists the chart asks for.
+    expected = oracle_stats(run.data, JOB_TIMEZONE, personalized_n=JOB_ARTISTS)
+    assert run.results["listening_stats"] == expected["listening_stats"]
     # The summary leaves out the listens per day (one entry a day would outgrow a ConfigMap).
     days = expected["listening_stats"]["listening_activity"].pop("day")
     assert days and summary["listening_stats"] == expected["listening_stats"]
-    user_stats = Path(map_paths(parsed["--user-stats"], mounts))
-    assert summary["user_stats"] == {"path": str(user_stats), "users": len(expected["user_lines"])}
-    lines = [json.loads(line) for line in user_stats.read_text(encoding="utf-8").splitlines()]
-    assert lines == expected["user_lines"]
+    assert summary["user_stats"] == {"path": str(run.user_stats), "users": len(expected["user_lines"])}
+    assert run.lines == expected["user_lines"]
+    # No --recommender: the service's own default trained the model.
+    model = summary["personalized_recommendations"]
+    assert (model["algorithm"], model["n"], model["users"]) == (DEFAULT_ALGORITHM, JOB_ARTISTS, len(run.lines))
+    assert check_results(run.stored).returncode == 0
     # Work reached every service; the event streams are sharded across every pod behind the
     # headless Service (recommendation gets one call with the aggregates, so one pod suffices).
     for component, workload in workloads.items():
@@ -194,6 +244,48 @@ def test_job_command_completes_the_pipeline(deployed):
         assert sum(per_replica) > 0, (component, per_replica)
         if component in ("mapreduce", "userbehavior"):
             assert all(n > 0 for n in per_replica), (component, per_replica)
+
+
+def without_recommendations(line: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in line.items() if k not in RECOMMENDATION_KEYS}
+
+
+def test_job_without_personalized_artists(deployed):
+    """artistsPerUser 0: the per-user lines are the oracle's without artists, the summary says
+    null, and the e2e's check accepts it."""
+    _docs, workloads, root = deployed
+    docs = render_docs(CLUSTER_VALUES | {"job": {"timezone": JOB_TIMEZONE, "personalized": {"artistsPerUser": 0}}})
+    run = run_rendered_job(docs, workloads, root / "job-without-artists")
+    expected = oracle_stats(run.data, JOB_TIMEZONE, personalized_n=0)
+    assert run.lines == expected["user_lines"]
+    assert not [line for line in run.lines if set(RECOMMENDATION_KEYS) & set(line)]
+    assert run.summary["personalized_recommendations"] is None
+    assert run.results["personalized_recommendations"] is None
+    checked = check_results(run.stored)
+    assert checked.returncode == 0, checked.stderr
+    assert "no personalized artists" in checked.stdout
+
+
+def test_job_with_another_recommender(deployed):
+    """The chart's algorithm and seed reach the service: it trains that model and says so, and
+    every user's line names it; the rest of each line is the oracle's."""
+    _docs, workloads, root = deployed
+    algorithm = next(a for a in ALGORITHMS if a != DEFAULT_ALGORITHM)
+    personalized = {"artistsPerUser": 5, "algorithm": algorithm, "seed": 11}
+    docs = render_docs(CLUSTER_VALUES | {"job": {"timezone": JOB_TIMEZONE, "personalized": personalized}})
+    run = run_rendered_job(docs, workloads, root / f"job-{algorithm}")
+    model = run.summary["personalized_recommendations"]
+    assert (model["algorithm"], model["n"], model["users"]) == (algorithm, 5, len(run.lines))
+    labels = {algorithm, f"{algorithm}+popularity", "popularity"}
+    assert set(model["users_by"]) == labels and sum(model["users_by"].values()) == len(run.lines)
+    expected = oracle_stats(run.data, JOB_TIMEZONE, personalized_n=0)
+    assert [without_recommendations(line) for line in run.lines] == expected["user_lines"]
+    for line in run.lines:
+        assert line["recommended_by"] in labels, line
+        assert len(line["recommended_artists"]) <= 5, line
+    checked = check_results(run.stored)
+    assert checked.returncode == 0, checked.stderr
+    assert f"5 artists each by {algorithm}" in checked.stdout
 
 
 def test_job_with_an_unknown_time_zone_fails_at_once(tmp_path: Path):
