@@ -16,7 +16,7 @@ import pytest
 
 from music_analytics.client.generate import generate, taste_clusters
 
-# The size the recommender's offline check uses: about 10k listeners, 1.9k artists, 96 clusters.
+# About 10k listeners, 1.9k artists and 96 clusters: every cluster has an audience of its own.
 EVENTS, SEED = 200_000, 7
 # Listeners with fewer distinct artists say little about their taste.
 MIN_ARTISTS = 5
