@@ -2,17 +2,19 @@
 # Build the project image with podman, without a package index or a registry: the project from
 # the sources of this checkout, its third-party dependencies from a wheelhouse of the pinned wheels
 # (k8s/build-wheelhouse.sh), on a base image made here with debootstrap (Debian bookworm +
-# python3 + python3-venv) unless one is given. Used by tests/test_image.py and the real-cluster
-# set-up; with internet access, `docker build .` / `make image` is all a user needs.
+# python3 + python3-venv + libgomp1) unless one is given. Used by tests/test_image.py and the
+# real-cluster set-up; with internet access, `docker build .` / `make image` is all a user needs.
 #
 # Usage: k8s/build-image.sh [--platform linux/amd64|linux/arm64] [--base-image IMAGE]
 #                           [--wheelhouse DIR] [--python PYTHON] TAG [-- PODMAN_BUILD_ARGS...]
+#        k8s/build-image.sh [--platform ...] --print-base-image
 #   TAG           the image to create, e.g. localhost/music-analytics:dev
 #   --platform    default: the host's. Another platform needs --base-image of that platform
 #                 and qemu binfmt support (debootstrap here makes the host's only).
-#   --base-image  default: localhost/music-analytics-base:bookworm-ARCH, made once with
+#   --base-image  default: localhost/music-analytics-base:bookworm-PACKAGES-ARCH, made once with
 #                 debootstrap from the Debian mirror apt uses (override: DEBIAN_MIRROR), kept in
 #                 podman's store and as a tarball in the cache (~1 min the first time).
+#   --print-base-image  print that default base image's name and exit (nothing is built).
 #   --wheelhouse  default: $MUSIC_ANALYTICS_WHEEL_CACHE/linux-ARCH (/var/tmp/music-analytics-wheels),
 #                 filled by k8s/build-wheelhouse.sh with PYTHON (default python3, needs pip).
 #   after --      passed to `podman build`, e.g. --layers=false.
@@ -21,6 +23,7 @@
 set -euo pipefail
 usage() {
   echo "usage: $0 [--platform linux/amd64|linux/arm64] [--base-image IMAGE] [--wheelhouse DIR] [--python PYTHON] TAG [-- PODMAN_BUILD_ARGS...]" >&2
+  echo "       $0 [--platform linux/amd64|linux/arm64] --print-base-image" >&2
   exit 2
 }
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,11 +35,12 @@ case $(uname -m) in
   aarch64|arm64) host_platform=linux/arm64 ;;
   *) host_platform=unsupported ;;
 esac
-platform=$host_platform base= wheelhouse= python=python3 tag=
+platform=$host_platform base= wheelhouse= python=python3 tag= print_base=
 while [ $# -gt 0 ]; do
   case $1 in
     --platform) platform=${2:?}; shift 2 ;;
     --base-image) base=${2:?}; shift 2 ;;
+    --print-base-image) print_base=1; shift ;;
     --wheelhouse) wheelhouse=${2:?}; shift 2 ;;
     --python) python=${2:?}; shift 2 ;;
     --) shift; break ;;
@@ -45,12 +49,22 @@ while [ $# -gt 0 ]; do
     *) [ -z "$tag" ] || usage; tag=$1; shift ;;
   esac
 done
-[ -n "$tag" ] || usage
 case $platform in
   linux/amd64) arch=amd64 ;;
   linux/arm64) arch=arm64 ;;
   *) echo "unsupported platform $platform (linux/amd64 or linux/arm64)" >&2; exit 2 ;;
 esac
+# What the debootstrap base holds besides minbase: the interpreter, its venv module, and the
+# OpenMP runtime that the recommender's compiled modules (implicit) link. The packages are part of
+# the base's name and of its tarball's, so a base cached before a package was added is never reused.
+base_packages=(python3 python3-venv libgomp1)
+base_name=bookworm-$(IFS=-; echo "${base_packages[*]}")-$arch
+default_base=localhost/music-analytics-base:$base_name
+if [ -n "$print_base" ]; then
+  echo "$default_base"
+  exit 0
+fi
+[ -n "$tag" ] || usage
 
 debian_mirror() {
   # The mirror apt already uses here, never a hard-coded one.
@@ -60,7 +74,7 @@ debian_mirror() {
 }
 
 ensure_base_image() {
-  local image=$1 tarball="$cache/debian-python-bookworm-$arch.tar"
+  local image=$1 tarball="$cache/debian-$base_name.tar"
   "$podman" image exists "$image" && return 0
   if [ "$platform" != "$host_platform" ]; then
     echo "no base image for $platform: pass --base-image (debootstrap here makes $host_platform only)" >&2
@@ -75,7 +89,7 @@ ensure_base_image() {
     [ -n "$mirror" ] || { echo "no Debian mirror in /etc/apt sources; set DEBIAN_MIRROR" >&2; exit 1; }
     command -v debootstrap >/dev/null || { echo "debootstrap not installed (apt-get install debootstrap)" >&2; exit 1; }
     rm -rf "$rootfs"
-    debootstrap --variant=minbase --arch="$arch" --include=python3,python3-venv bookworm "$rootfs" "$mirror" >"$cache/debootstrap.log" 2>&1 \
+    debootstrap --variant=minbase --arch="$arch" --include="$(IFS=,; echo "${base_packages[*]}")" bookworm "$rootfs" "$mirror" >"$cache/debootstrap.log" 2>&1 \
       || { tail -n 20 "$cache/debootstrap.log" >&2; exit 1; }
     tar -C "$rootfs" -cf "$tarball.partial" .
     mv "$tarball.partial" "$tarball"
@@ -86,7 +100,7 @@ ensure_base_image() {
 }
 
 if [ -z "$base" ]; then
-  base=localhost/music-analytics-base:bookworm-$arch
+  base=$default_base
   ensure_base_image "$base"
 fi
 if [ -z "$wheelhouse" ]; then
