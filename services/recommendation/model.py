@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,8 +49,7 @@ HISTORY_WEIGHTS: tuple[str, ...] = ("plays", "log", "binary")
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
-# Users scored per task when scoring in threads: small enough to balance two to a few threads,
-# large enough that handing out tasks costs nothing next to the scoring.
+# Users scored per slice: bounds the per-user arrays held at once.
 _ROWS_PER_TASK = 4096
 
 
@@ -334,12 +332,13 @@ def _weighted_for_similarity(matrix: PlayMatrix, config: ModelConfig) -> scipy.s
 
 def _history(matrix: PlayMatrix, weight: str) -> np.ndarray:
     """The weight of each stored (user, artist) entry when scoring, aligned with csr.data."""
-    plays = matrix.csr.data.astype(np.float64)
+    # float32: the scorer sums in float64 whatever it is given; this copy lives as long as the model.
+    plays = matrix.csr.data
     if weight == "plays":
-        return plays
+        return plays.astype(np.float32)
     if weight == "log":
-        return np.log1p(plays)
-    return np.ones_like(plays)
+        return np.log1p(plays, dtype=np.float32)
+    return np.ones_like(plays, dtype=np.float32)
 
 
 def _train_neighbours(matrix: PlayMatrix, config: ModelConfig) -> Model:
@@ -360,50 +359,37 @@ def _train_neighbours(matrix: PlayMatrix, config: ModelConfig) -> Model:
     similarity.indices = similarity.indices.astype(np.int32, copy=False)
     similarity.data = similarity.data.astype(np.float64, copy=False)
     history = _history(matrix, config.history_weight)
-    scorer = _NeighbourScorer(matrix, similarity, history, threads)
+    scorer = _NeighbourScorer(matrix, similarity, history)
     return Model(matrix, config, scorer)
 
 
 class _NeighbourScorer:
-    """Scores users with implicit's NearestNeighboursScorer, one per thread.
+    """Scores users one by one with implicit's NearestNeighboursScorer, in one thread.
 
-    A scorer locks itself for a whole call (it keeps per-call sums in itself), so threads share
-    nothing but the read-only matrices. Each user is scored alone, so results do not depend on
-    how users are split between threads.
+    Threads do not pay here: a call holds the GIL for about a third of its ~10 us (argument
+    checks, result arrays), and handing the GIL over between two threads at every call costs as
+    much as the work released; two threads with a scorer each ran no faster than one
+    (bench/recommender_candidates.py). Fitting, the larger cost, runs on every thread.
     """
 
-    def __init__(self, matrix: PlayMatrix, similarity: Any, history: np.ndarray, threads: int) -> None:
-        import threading
+    def __init__(self, matrix: PlayMatrix, similarity: Any, history: np.ndarray) -> None:
+        from implicit._nearest_neighbours import NearestNeighboursScorer
 
         self.indptr = matrix.csr.indptr
         self.indices = matrix.csr.indices
         self.history = history
-        self.similarity = similarity
-        self.threads = threads
-        self._local = threading.local()
+        self.scorer = NearestNeighboursScorer(similarity)
 
     def __call__(self, rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        tasks = [rows[i : i + _ROWS_PER_TASK] for i in range(0, len(rows), _ROWS_PER_TASK)]
-        if self.threads <= 1 or len(tasks) <= 1:
-            parts = [self._score_task(task, n) for task in tasks]
-        else:
-            with ThreadPoolExecutor(min(self.threads, len(tasks))) as pool:
-                parts = list(pool.map(self._score_task, tasks, [n] * len(tasks)))
+        # In slices: the per-user arrays of one slice at a time, not of every user.
+        parts = [self._score_task(rows[i : i + _ROWS_PER_TASK], n) for i in range(0, len(rows), _ROWS_PER_TASK)]
         counts = np.concatenate([p[0] for p in parts])
         artists = np.concatenate([p[1] for p in parts])
         scores = np.concatenate([p[2] for p in parts])
         return counts, artists, scores
 
-    def _scorer(self) -> Any:
-        scorer = getattr(self._local, "scorer", None)
-        if scorer is None:
-            from implicit._nearest_neighbours import NearestNeighboursScorer
-
-            scorer = self._local.scorer = NearestNeighboursScorer(self.similarity)
-        return scorer
-
     def _score_task(self, rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        scorer = self._scorer()
+        scorer = self.scorer
         indptr, indices, history = self.indptr, self.indices, self.history
         found_ids: list[np.ndarray] = []
         found_scores: list[np.ndarray] = []
