@@ -44,7 +44,7 @@ image-lock: venv ## re-resolve k8s/image-requirements.txt (then review the diff 
 	  --python-version 3.11 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
 	  'music-analytics[kubernetes]'
 	{ grep '^#' k8s/image-requirements.txt; ls build/lock | grep -v '^music_analytics-' \
-	  | sed -E 's/^([^-]+)-([^-]+)-.*/\1==\2/' | tr '_' '-'; } > k8s/image-requirements.txt.new
+	  | sed -E 's/^([^-]+)-([^-]+)-.*/\1==\2/' | tr '_' '-' | LC_ALL=C sort; } > k8s/image-requirements.txt.new
 	mv k8s/image-requirements.txt.new k8s/image-requirements.txt
 
 kind-up: ## create the kind cluster, install kube-prometheus-stack and the Pushgateway, load the image
