@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from music_analytics.services.recommendation.model import ModelConfig, PlayMatrix, Recommendations, train
+from music_analytics.services.recommendation.model import Model, ModelConfig, PlayMatrix, train
 
 # What each user's list is made of (ArtistRecommendations.source).
 FROM_MODEL, MODEL_THEN_POPULAR, POPULAR_ONLY = 0, 1, 2
@@ -103,34 +103,32 @@ class Trained:
     user_names: pa.Array
     artist_names: pa.Array
     pairs: int
-    recommendations: Recommendations
+    model: Model
+    n: int
 
 
-def recommend_every_user(collector: PlaysCollector, config: ModelConfig, n: int) -> Trained:
-    """Train on every user's plays and recommend each ``n`` artists they have not played."""
+def train_on(collector: PlaysCollector, config: ModelConfig, n: int) -> Trained:
+    """Train on every user's plays, to recommend each ``n`` artists they have not played."""
     user_names, artist_names, matrix = collector.matrix()
-    model = train(matrix, config)
-    recs = model.recommend(np.arange(len(user_names)), n)
-    return Trained(user_names, artist_names, matrix.csr.nnz, recs)
+    return Trained(user_names, artist_names, matrix.csr.nnz, train(matrix, config), n)
 
 
 def answers(trained: Trained, users_per_answer: int) -> Iterator[Answer]:
-    """The recommendations in user_id order, ``users_per_answer`` users at a time."""
-    recs = trained.recommendations
-    ends = recs.ends.astype(np.int64)
-    lengths = np.diff(np.concatenate(([0], ends)))
-    source = np.where(
-        recs.from_model == lengths, FROM_MODEL, np.where(recs.from_model == 0, POPULAR_ONLY, MODEL_THEN_POPULAR)
-    ).astype(np.uint8)
+    """Every user's recommendations in user_id order, ``users_per_answer`` users at a time, each
+    part scored when it is asked for: the first parts are on their way (and being written into the
+    lines) while the rest are scored."""
     for lo in range(0, len(trained.user_names), users_per_answer):
         hi = min(lo + users_per_answer, len(trained.user_names))
-        a = int(ends[lo - 1]) if lo else 0
-        b = int(ends[hi - 1]) if hi else 0
+        recs = trained.model.recommend(np.arange(lo, hi), trained.n)
+        lengths = np.diff(np.concatenate(([0], recs.ends.astype(np.int64))))
+        source = np.where(
+            recs.from_model == lengths, FROM_MODEL, np.where(recs.from_model == 0, POPULAR_ONLY, MODEL_THEN_POPULAR)
+        )
         yield Answer(
             user_ids=trained.user_names[lo:hi],
-            ends=(ends[lo:hi] - a).astype(np.uint32),
+            ends=recs.ends,
             artist_names=trained.artist_names,
-            artists=recs.artists[a:b],
-            scores=recs.scores[a:b],
-            source=source[lo:hi],
+            artists=recs.artists,
+            scores=recs.scores,
+            source=source.astype(np.uint8),
         )

@@ -34,7 +34,7 @@ from music_analytics.services.recommendation.personalized import (
     PlaysCollector,
     UsersPlays,
     answers,
-    recommend_every_user,
+    train_on,
 )
 
 
@@ -136,7 +136,7 @@ class RecommendationServicer(recommendation_pb2_grpc.RecommendationServiceServic
             if config is None:
                 refuse(context, self.m, "invalid_batch", "empty stream: send `settings` first")
             start = time.perf_counter()
-            trained = recommend_every_user(collector, config, n)
+            trained = train_on(collector, config, n)
             seconds = time.perf_counter() - start
             self.m.aggregation.labels(self.m.service).observe(seconds)
             for kind, value in (("users", len(trained.user_names)), ("artists", len(trained.artist_names))):
