@@ -82,10 +82,10 @@ class ModelConfig:
     the alternatives)."""
 
     algorithm: str = DEFAULT_ALGORITHM
-    neighbours: int = 100  # bm25, tfidf, cosine: similar artists kept per artist
-    bm25_k1: float = 100.0  # bm25: saturation of a listener's plays (higher = less saturation)
-    bm25_b: float = 0.8  # bm25: normalisation by how many plays an artist has in all (0 to 1)
-    history_weight: str = "log"  # bm25, tfidf, cosine: see HISTORY_WEIGHTS
+    neighbours: int = 50  # bm25, tfidf, cosine: similar artists kept per artist
+    bm25_k1: float = 10.0  # bm25: saturation of a listener's plays (higher = less saturation)
+    bm25_b: float = 0.5  # bm25: normalisation by how many plays an artist has in all (0 to 1)
+    history_weight: str = "plays"  # bm25, tfidf, cosine: see HISTORY_WEIGHTS
     factors: int = 64  # als, bpr
     iterations: int = 15  # als, bpr
     regularization: float = 0.05  # als, bpr
