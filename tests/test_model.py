@@ -140,7 +140,12 @@ def dense_similarity(plays: np.ndarray, algorithm: str, k1: float, b: float) -> 
     return weights @ weights.T
 
 
-def dense_recommend(plays: np.ndarray, algorithm: str, neighbours: int, n: int, k1: float, b: float) -> list[list[int]]:
+HISTORY = {"plays": lambda plays: plays, "log": np.log1p, "binary": lambda plays: (plays > 0).astype(float)}
+
+
+def dense_recommend(
+    plays: np.ndarray, algorithm: str, neighbours: int, n: int, k1: float, b: float, weight: str
+) -> list[list[int]]:
     similarity = dense_similarity(plays, algorithm, k1, b)
     kept = np.zeros_like(similarity)
     for artist, row in enumerate(similarity):
@@ -150,7 +155,7 @@ def dense_recommend(plays: np.ndarray, algorithm: str, neighbours: int, n: int, 
     ranking = sorted(range(plays.shape[1]), key=lambda artist: (-listeners[artist], artist))
     out = []
     for history in plays:
-        scores = np.log1p(history) @ kept
+        scores = HISTORY[weight](history) @ kept
         candidates = [a for a in range(plays.shape[1]) if history[a] == 0 and scores[a] > 0]
         chosen = sorted(candidates, key=lambda a: (-scores[a], a))[:n]
         chosen += [a for a in ranking if history[a] == 0 and a not in chosen][: n - len(chosen)]
@@ -159,15 +164,22 @@ def dense_recommend(plays: np.ndarray, algorithm: str, neighbours: int, n: int, 
 
 
 @pytest.mark.parametrize(
-    "algorithm,k1,b", [("bm25", 100.0, 0.8), ("bm25", 1.2, 0.75), ("tfidf", 0.0, 0.0), ("cosine", 0.0, 0.0)]
+    "algorithm,k1,b,weight",
+    [
+        ("bm25", 10.0, 0.5, "plays"),
+        ("bm25", 100.0, 0.8, "log"),
+        ("bm25", 1.2, 0.75, "binary"),
+        ("tfidf", 0.0, 0.0, "plays"),
+        ("cosine", 0.0, 0.0, "log"),
+    ],
 )
-def test_neighbour_models_match_their_dense_definition(algorithm, k1, b):
+def test_neighbour_models_match_their_dense_definition(algorithm, k1, b, weight):
     # Continuous play counts: no two scores are equal, so the lists are fully determined.
     matrix = random_matrix(11, 40, 25, 260, continuous=True)
     plays = matrix.csr.toarray().astype(np.float64)
-    model = train(matrix, ModelConfig(algorithm=algorithm, neighbours=6, bm25_k1=k1, bm25_b=b))
-    got = lists(model.recommend(np.arange(40), 5))
-    assert got == dense_recommend(plays, algorithm, 6, 5, k1, b)
+    config = ModelConfig(algorithm=algorithm, neighbours=6, bm25_k1=k1, bm25_b=b, history_weight=weight)
+    got = lists(train(matrix, config).recommend(np.arange(40), 5))
+    assert got == dense_recommend(plays, algorithm, 6, 5, k1, b, weight)
 
 
 def test_equal_scores_are_ordered_by_artist_code():
