@@ -70,31 +70,28 @@ class PlaysCollector:
         """User names and artist names, each sorted, and the users x artists plays (a user or pair
         sent twice is summed). The received parts are let go."""
         parts, self._parts = self._parts, []
-        user_names = _sorted_distinct([p.user_ids for p in parts])
-        artist_names = _sorted_distinct([p.artists for p in parts])
-        user_codes, artist_codes, plays = [], [], []
-        for part in parts:
-            lengths = np.diff(np.concatenate(([0], part.ends.astype(np.int64))))
-            users = pc.index_in(part.user_ids, value_set=user_names).to_numpy()
-            user_codes.append(np.repeat(users.astype(np.int32), lengths))
-            codes = pc.index_in(part.artists, value_set=artist_names).to_numpy().astype(np.int32)
-            artist_codes.append(codes[part.artist_idx] if len(codes) else np.empty(0, np.int32))
-            plays.append(part.plays)
-        del parts
-        matrix = PlayMatrix.from_codes(
-            np.concatenate(user_codes) if user_codes else np.empty(0, np.int32),
-            np.concatenate(artist_codes) if artist_codes else np.empty(0, np.int32),
-            np.concatenate(plays) if plays else np.empty(0, np.uint32),
-            len(user_names),
-            len(artist_names),
+        if not parts:
+            empty = pa.array([], pa.string())
+            return empty, empty, PlayMatrix.from_codes(*(np.empty(0, np.int32),) * 3, 0, 0)
+        # Every part's users and dictionaries at once: one hash table of the names for all parts.
+        users = pa.chunked_array([p.user_ids for p in parts], pa.string()).combine_chunks()
+        dictionaries = pa.chunked_array([p.artists for p in parts], pa.string()).combine_chunks()
+        user_names, artist_names = _sorted_distinct(users), _sorted_distinct(dictionaries)
+        per_user = np.concatenate([np.diff(np.concatenate(([0], p.ends.astype(np.int64)))) for p in parts])
+        user_codes = np.repeat(pc.index_in(users, value_set=user_names).to_numpy().astype(np.int32), per_user)
+        first = np.cumsum([0] + [len(p.artists) for p in parts[:-1]])
+        entries = np.concatenate(
+            [p.artist_idx.astype(np.int64) + offset for p, offset in zip(parts, first, strict=True)]
         )
+        artist_codes = pc.index_in(dictionaries, value_set=artist_names).to_numpy().astype(np.int32)[entries]
+        plays = np.concatenate([p.plays for p in parts])
+        del parts, entries
+        matrix = PlayMatrix.from_codes(user_codes, artist_codes, plays, len(user_names), len(artist_names))
         return user_names, artist_names, matrix
 
 
-def _sorted_distinct(arrays: list[pa.Array]) -> pa.Array:
-    if not arrays:
-        return pa.array([], pa.string())
-    distinct = pc.unique(pa.chunked_array(arrays, pa.string()).combine_chunks())
+def _sorted_distinct(values: pa.Array) -> pa.Array:
+    distinct = pc.unique(values)
     return distinct.take(pc.sort_indices(distinct))
 
 
