@@ -61,7 +61,7 @@ def candidates() -> dict[str, ModelConfig]:
     for factors in (64, 128):
         for learning_rate in (0.01, 0.05):
             found[f"bpr f={factors} lr={learning_rate:g}"] = ModelConfig(
-                algorithm="bpr", factors=factors, learning_rate=learning_rate, iterations=100
+                algorithm="bpr", factors=factors, learning_rate=learning_rate, iterations=100, regularization=0.05
             )
     found["random (control)"] = ModelConfig(algorithm="random")
     return found

@@ -69,7 +69,6 @@ class Pairs:
     """Play counts per (user, artist), one row per pair: user_id, artist (strings), plays (int64)."""
 
     table: pa.Table
-    rows_read: int = 0
     rows_rejected: int = 0
     first_rejection: str | None = None
 
@@ -89,7 +88,6 @@ def read_pairs(spec: str, *, format: str | None = None, user: str | None = None,
                 result.first_rejection = chunk.rejected[0].describe(str(spec))
             result.rows_rejected += len(chunk.rejected)
         table = chunk.table
-        result.rows_read += table.num_rows
         if table.num_rows == 0:
             continue
         plays = table["plays"].cast(pa.int64()) if "plays" in table.column_names else pa.repeat(1, table.num_rows)
@@ -116,7 +114,7 @@ def _text(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
 
 
 def _sum_pairs(table: pa.Table) -> pa.Table:
-    summed = table.group_by(["user_id", "artist"], use_threads=False).aggregate([("plays", "sum")])
+    summed = table.group_by(["user_id", "artist"]).aggregate([("plays", "sum")])
     return summed.rename_columns(["user_id", "artist", "plays"]).select(["user_id", "artist", "plays"])
 
 
@@ -309,6 +307,8 @@ def _non_negative_int(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from music_analytics.client.sources import FORMATS
+
     parser.add_argument(
         "--train",
         required=True,
@@ -335,7 +335,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"the model (default {DEFAULT_ALGORITHM}); popularity and random are controls",
     )
     parser.add_argument("--threads", type=_non_negative_int, default=0, help="threads (default 0: every CPU available)")
-    parser.add_argument("--format", help="the inputs' format (default: told from the content)")
+    parser.add_argument(
+        "--format", help=f"the inputs' format: {', '.join(FORMATS)} (default: told from the content of each)"
+    )
     parser.add_argument("--user", metavar="NAME", help="the user of an export that does not name one")
     parser.add_argument(
         "--strict", action="store_true", help="stop at the first bad row (exit 3) instead of skipping it"

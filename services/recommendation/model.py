@@ -47,6 +47,13 @@ DEFAULT_ALGORITHM = "bm25"
 # logarithm (a user's hundredth play of an artist says less than their first), or 1 per artist.
 HISTORY_WEIGHTS: tuple[str, ...] = ("plays", "log", "binary")
 
+# The matrix factorisations' settings where a configuration leaves them unset: the best measured
+# (ALS) or the only one near useful (BPR), bench/recommender_candidates.py.
+FACTOR_DEFAULTS: dict[str, dict[str, Any]] = {
+    "als": {"factors": 32, "iterations": 15, "regularization": 0.1},
+    "bpr": {"factors": 64, "iterations": 100, "regularization": 0.05},
+}
+
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
 # Users scored per slice: bounds the per-user arrays held at once.
@@ -82,13 +89,16 @@ class ModelConfig:
     the alternatives)."""
 
     algorithm: str = DEFAULT_ALGORITHM
-    neighbours: int = 50  # bm25, tfidf, cosine: similar artists kept per artist
-    bm25_k1: float = 10.0  # bm25: saturation of a listener's plays (higher = less saturation)
-    bm25_b: float = 0.5  # bm25: normalisation by how many plays an artist has in all (0 to 1)
+    # bm25, tfidf, cosine: similar artists kept per artist (scoring time grows with it: 30 is
+    # within 0.03 of 50's NDCG on both benchmark inputs at three quarters of its scoring time)
+    neighbours: int = 30
+    bm25_k1: float = 30.0  # bm25: saturation of a listener's plays (higher = less saturation)
+    bm25_b: float = 0.25  # bm25: normalisation by how many plays an artist has in all (0 to 1)
     history_weight: str = "plays"  # bm25, tfidf, cosine: see HISTORY_WEIGHTS
-    factors: int = 64  # als, bpr
-    iterations: int = 15  # als, bpr
-    regularization: float = 0.05  # als, bpr
+    # als, bpr: None = the algorithm's own (FACTOR_DEFAULTS)
+    factors: int | None = None
+    iterations: int | None = None
+    regularization: float | None = None
     alpha: float = 1.0  # als: confidence scale of the (BM25-weighted) plays
     learning_rate: float = 0.01  # bpr
     seed: int = 0  # als, bpr, random
@@ -103,14 +113,14 @@ class ModelConfig:
                 f"history_weight: unknown {self.history_weight!r}; expected one of {', '.join(HISTORY_WEIGHTS)}"
             )
         for name in ("neighbours", "factors", "iterations"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.threads < 0:
             raise ValueError(f"threads: must be 0 (all available) or more, got {self.threads}")
         if not 0.0 <= self.bm25_b <= 1.0:
             raise ValueError(f"bm25_b: must be between 0 and 1, got {self.bm25_b}")
         for name in ("bm25_k1", "regularization"):
-            if not getattr(self, name) >= 0.0:  # also refuses NaN
+            if getattr(self, name) is not None and not getattr(self, name) >= 0.0:  # also refuses NaN
                 raise ValueError(f"{name}: must be 0 or more, got {getattr(self, name)}")
         for name in ("alpha", "learning_rate"):
             if not getattr(self, name) > 0.0:
@@ -118,6 +128,11 @@ class ModelConfig:
 
     def resolved_threads(self) -> int:
         return self.threads or available_cpus()
+
+    def factor_setting(self, name: str) -> Any:
+        """factors, iterations or regularization: as set, else the algorithm's default."""
+        value = getattr(self, name)
+        return FACTOR_DEFAULTS[self.algorithm][name] if value is None else value
 
 
 class PlayMatrix:
@@ -432,10 +447,10 @@ def _train_factors(matrix: PlayMatrix, config: ModelConfig) -> Model:
             from implicit.cpu.als import AlternatingLeastSquares
 
             model = AlternatingLeastSquares(
-                factors=config.factors,
-                regularization=config.regularization,
+                factors=config.factor_setting("factors"),
+                regularization=config.factor_setting("regularization"),
                 alpha=config.alpha,
-                iterations=config.iterations,
+                iterations=config.factor_setting("iterations"),
                 num_threads=threads,
                 random_state=config.seed,
             )
@@ -447,10 +462,10 @@ def _train_factors(matrix: PlayMatrix, config: ModelConfig) -> Model:
             # BPR's threads update shared factors without locks (Hogwild): the result would depend
             # on the thread count and timing. One thread keeps it a function of the seed.
             model = BayesianPersonalizedRanking(
-                factors=config.factors,
+                factors=config.factor_setting("factors"),
                 learning_rate=config.learning_rate,
-                regularization=config.regularization,
-                iterations=config.iterations,
+                regularization=config.factor_setting("regularization"),
+                iterations=config.factor_setting("iterations"),
                 num_threads=1,
                 random_state=config.seed,
             )
