@@ -8,7 +8,6 @@ cost more than the whole analysis.
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -384,12 +383,13 @@ class UserStatsSink:
         users.sort(key=attrgetter("user_id"))
         return users
 
-    def finish(self, additions: Iterator[tuple[str, bytes]] | None = None) -> int:
+    def finish(self, additions: Iterator[tuple[pa.Array, pa.Array]] | None = None) -> int:
         """Close the parts and write the per-user file (if asked for); returns its users.
 
-        ``additions``: (user_id, text) for every user in user_id order, the text added at the end
-        of the user's line (it starts with a comma). Until this returns the parts are kept, so a
-        failure while reading ``additions`` can be followed by another ``finish``.
+        ``additions``: batches of (user ids, texts) for every user in user_id order, each text
+        (binary) added at the end of its user's line (it starts with a comma). Until this returns
+        the parts are kept, so a failure while reading ``additions`` can be followed by another
+        ``finish``.
         """
         parts = [self._parts[s] for s in sorted(self._parts)]
         for part in parts:
@@ -418,6 +418,8 @@ class _ShardPart:
         self.path = path
         self.spool = spool
         self.users: list[UserResult] = []
+        # Each line's length in bytes, in the file's order: the merge reads many lines at a time.
+        self.lengths: list[np.ndarray] = []
         self._lines = UserLines(timezone)
         self._file = None
         if path is not None:
@@ -432,6 +434,7 @@ class _ShardPart:
         if self._file is not None and len(u.user_ids):
             for _, lines in self._lines.format(u):
                 self._file.write(_data(lines))
+                self.lengths.append(pc.binary_length(lines).to_numpy().astype(np.int64))
         if self.spool is not None and len(u.user_ids):
             self.spool.add(u, "userbehavior")
         return True
@@ -450,43 +453,98 @@ class _ShardPart:
             self.spool.discard()
 
 
-def _merge_parts(parts: list[_ShardPart], out: Path, additions: Iterator[tuple[str, bytes]] | None) -> None:
+def _merge_parts(parts: list[_ShardPart], out: Path, additions: Iterator[tuple[pa.Array, pa.Array]] | None) -> None:
     """Interleave the parts' lines in user_id order (one sort of every user id, then each part's
-    file read once, in order), each with its addition, if any, before its closing brace."""
+    file read once, in order), each with its addition, if any, before its closing brace.
+
+    ``additions`` come in batches (user ids, texts), users in user_id order; the lines of a batch
+    are read, joined with their texts and written at once, with Arrow, not a line at a time.
+    """
     ids = pa.array([u.user_id for part in parts for u in part.users], pa.string())
     shard_of = np.repeat(np.arange(len(parts)), [len(part.users) for part in parts])
     by_id = pc.sort_indices(ids)
     order = shard_of[by_id.to_numpy()]
-    files = [part.path.open("rb") for part in parts]
+    if additions is None:
+        additions = _no_additions(len(order))
+    expected = ids.take(by_id)
+    readers = [_Lines(part.path, part.lengths) for part in parts]
     try:
         with out.open("wb") as f:
-            readers = [file.readline for file in files]
-            write = f.write
-            if additions is None:
-                for shard in order.tolist():
-                    write(readers[shard]())
-                return
-            expected = ids.take(by_id).to_pylist()
-            for shard, user, (added_user, text) in zip(
-                order.tolist(), expected, itertools.chain(additions, _ended()), strict=False
-            ):
-                if added_user != user:
+            done = 0
+            for users, texts in _slices(additions, SLICE_USERS):
+                count = len(users)
+                if texts is not None and done + count > len(order):
                     raise ServiceError(
-                        f"the additions to the per-user lines reached {added_user!r} where {user!r} was due"
+                        f"the additions to the per-user lines name more users than the {len(order)} there are"
                     )
-                line = readers[shard]()
-                write(line[:-2])
-                write(text)
-                write(b"}\n")
-            if next(additions, None) is not None:
+                want = expected.slice(done, count)
+                if texts is not None and not users.equals(want):
+                    at = next(
+                        i for i, (a, b) in enumerate(zip(users.to_pylist(), want.to_pylist(), strict=True)) if a != b
+                    )
+                    raise ServiceError(
+                        f"the additions to the per-user lines reached {users[at].as_py()!r} where "
+                        f"{want[at].as_py()!r} was due"
+                    )
+                shards = order[done : done + count]
+                per_shard = np.bincount(shards, minlength=len(parts))
+                blocks = [reader.take(int(k)) for reader, k in zip(readers, per_shard, strict=True)]
+                lines = pa.concat_arrays(blocks)
+                if len(parts) > 1:
+                    # Where each user's line sits among the blocks: its shard's start, plus how many
+                    # users of that shard came before it in this batch.
+                    starts = np.concatenate(([0], np.cumsum(per_shard)[:-1]))
+                    rank = np.empty(count, dtype=np.int64)
+                    for s in range(len(parts)):
+                        mine = shards == s
+                        rank[mine] = np.arange(int(per_shard[s]))
+                    lines = lines.take(pa.array(starts[shards] + rank))
+                if texts is not None:
+                    lines = pc.binary_join_element_wise(pc.binary_slice(lines, 0, -2), texts, _CLOSE, _EMPTY)
+                f.write(_data(lines))
+                done += count
+            if done != len(order):
                 raise ServiceError(
-                    f"the additions to the per-user lines name more users than the {len(expected)} there are"
+                    f"the additions to the per-user lines reached {done} users of the {len(order)} there are"
                 )
     finally:
-        for file in files:
-            file.close()
+        for reader in readers:
+            reader.close()
 
 
-def _ended() -> Iterator[tuple[str | None, bytes]]:
-    """What follows additions that stop early: a user no line belongs to, so the check names it."""
-    yield None, b""
+_CLOSE, _EMPTY = pa.scalar(b"}\n", pa.binary()), pa.scalar(b"", pa.binary())
+
+
+def _slices(
+    batches: Iterator[tuple[pa.Array, pa.Array | None]], size: int
+) -> Iterator[tuple[pa.Array, pa.Array | None]]:
+    """The batches cut to at most ``size`` users: the lines read, trimmed and joined at once stay
+    a few MB whatever the batch."""
+    for users, texts in batches:
+        for start in range(0, len(users), size):
+            yield users.slice(start, size), None if texts is None else texts.slice(start, size)
+
+
+def _no_additions(users: int, batch: int = SLICE_USERS) -> Iterator[tuple[pa.Array, None]]:
+    """Batches of lines to copy as they are (the user ids are not checked: they are the lines')."""
+    for start in range(0, users, batch):
+        yield pa.nulls(min(batch, users - start), pa.string()), None
+
+
+class _Lines:
+    """A part's file read a number of lines at a time, as a binary array over the bytes read."""
+
+    def __init__(self, path: Path, lengths: list[np.ndarray]) -> None:
+        self._file = path.open("rb")
+        self._lengths = np.concatenate(lengths) if lengths else np.empty(0, np.int64)
+        self._next = 0
+
+    def take(self, count: int) -> pa.Array:
+        sizes = self._lengths[self._next : self._next + count]
+        self._next += count
+        data = self._file.read(int(sizes.sum()))
+        offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int32)
+        return pa.Array.from_buffers(pa.binary(), count, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+    def close(self) -> None:
+        self._file.close()

@@ -141,8 +141,8 @@ def write_with_artists(
 
 def _fragments(
     replies: Iterator[recommendation_pb2.RecommendArtistsResponse], summary: ArtistModelSummary, source: str
-) -> Iterator[tuple[str, bytes]]:
-    """(user_id, the text each user's line gains) in the answer's order."""
+) -> Iterator[tuple[pa.Array, pa.Array]]:
+    """Per answer message: its user ids and the text each user's line gains, in the answer's order."""
     algorithm = summary.model.algorithm
     labels = [algorithm, f"{algorithm}+popularity", "popularity"]
     label_json = pa.array([f',"recommended_by":"{label}"' for label in labels], pa.string())
@@ -171,7 +171,7 @@ def _fragments(
         )
         for label, count in zip(labels, np.bincount(kind, minlength=3).tolist(), strict=True):
             summary.users_by[label] += count
-        yield from zip(users.to_pylist(), text.cast(pa.binary()).to_pylist(), strict=True)
+        yield users, text.cast(pa.binary())
 
 
 def _json_floats(values: np.ndarray) -> pa.Array:

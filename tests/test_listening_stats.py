@@ -18,6 +18,7 @@ import pytest
 from music_analytics.api import userbehavior_pb2
 from music_analytics.client import listening
 from music_analytics.client.listening import UserStatsSink, site_stats
+from music_analytics.client.replicas import ServiceError
 from music_analytics.services.common import columns
 from music_analytics.services.common.clock import LocalClock, UnknownTimeZoneError
 from music_analytics.services.userbehavior.analytics import UserStats
@@ -229,3 +230,49 @@ def test_a_clock_grown_a_little_at_a_time_is_exact(zone):
         ts = np.sort(rng.integers(min(start, start + 400 * step), max(start, start + 400 * step), 3000))
         expected = [int(_local(int(t), tz).utcoffset().total_seconds()) for t in ts]
         assert clock.offsets(ts).tolist() == expected
+
+
+def _two_shard_sink(tmp_path, zone: str = "UTC") -> tuple[UserStatsSink, list[str]]:
+    events = _events(seed=9, n=800)
+    path = tmp_path / "users.jsonl"
+    sink = UserStatsSink(zone, path)
+    for shard in (0, 1):
+        stats = UserStats(zone)
+        _feed(stats, [e for e in events if hash(e[0]) % 2 == shard])
+        take = sink.handler(shard)
+        for chunk in stats.summaries(chunk=5):
+            assert take(userbehavior_pb2.AnalyzeUsersResponse(users=summaries_message(chunk)))
+    return sink, sorted({e[0] for e in events})
+
+
+def _texts(users: list[str]) -> tuple[pa.Array, pa.Array]:
+    return pa.array(users, pa.string()), pa.array([f',"n":{len(u)}'.encode() for u in users], pa.binary())
+
+
+def test_additions_go_into_every_line_in_batches_of_any_size(tmp_path, small_flushes):
+    sink, users = _two_shard_sink(tmp_path)
+    plain_sink, _ = _two_shard_sink(tmp_path / "plain")
+    plain_sink.finish()
+    plain = [orjson.loads(line) for line in (tmp_path / "plain" / "users.jsonl").read_bytes().splitlines()]
+    # Batches of 7 cut to SLICE_USERS (3 here): slices and batches disagree on purpose.
+    assert sink.finish(_texts(users[i : i + 7]) for i in range(0, len(users), 7)) == len(users)
+    got = [orjson.loads(line) for line in (tmp_path / "users.jsonl").read_bytes().splitlines()]
+    assert got == [line | {"n": len(line["user_id"])} for line in plain]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain", "users.jsonl"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda users: users[:-1], "reached .* users of the"),
+        (lambda users: [*users, "zzz-extra"], "more users than the"),
+        (lambda users: [users[1], users[0], *users[2:]], "reached .* where .* was due"),
+    ],
+)
+def test_additions_for_other_users_are_refused_and_the_parts_kept(tmp_path, change, message):
+    sink, users = _two_shard_sink(tmp_path)
+    with pytest.raises(ServiceError, match=message):
+        sink.finish(iter([_texts(change(users))]))
+    # Nothing half-written is left in place of the file, and the parts are there to try again.
+    assert not (tmp_path / "users.jsonl").exists()
+    assert sink.finish(iter([_texts(users)])) == len(users)
