@@ -55,8 +55,9 @@ EXIT_OK, EXIT_INPUT, EXIT_BAD_ROW = 0, 2, 3
 DEFAULT_K = 10
 DEFAULT_SPLIT = 0.2
 METRICS = ("ndcg", "hit_rate", "precision", "recall", "coverage")
-# Per-chunk aggregates are merged again once they hold this many rows: memory stays near the
-# number of distinct pairs, not the number of events.
+# Per-chunk sums are merged once they hold this many rows, and after that each time they have
+# doubled since the last merge: memory stays near the number of distinct pairs, and merging stays
+# linear in the input.
 _MERGE_ROWS = 4_000_000
 
 
@@ -74,13 +75,15 @@ class Pairs:
 
 
 def read_pairs(spec: str, *, format: str | None = None, user: str | None = None, strict: bool = False) -> Pairs:
-    """Every (user, artist) pair of an input with its total plays. Raises the sources' InputError
-    (unusable input) or BadRowError (a bad row under ``strict``)."""
+    """Every (user, artist) pair of an input with its total plays, in (user, artist) name order.
+    Raises the sources' InputError (unusable input) or BadRowError (a bad row under ``strict``)."""
     from music_analytics.client.sources import open_source
 
     source = open_source(spec, format=format, user=user)
-    parts: list[pa.Table] = []
-    held = 0
+    users, artists = _Names(), _Names()
+    keys: list[np.ndarray] = []  # user code << 32 | artist code, codes in order of first sight
+    plays: list[np.ndarray] = []
+    held, merge_at = 0, _MERGE_ROWS
     result = Pairs(_empty_pairs())
     for chunk in source.chunks(strict=strict):
         if chunk.rejected:
@@ -90,17 +93,72 @@ def read_pairs(spec: str, *, format: str | None = None, user: str | None = None,
         table = chunk.table
         if table.num_rows == 0:
             continue
-        plays = table["plays"].cast(pa.int64()) if "plays" in table.column_names else pa.repeat(1, table.num_rows)
-        parts.append(
-            _sum_pairs(pa.table({"user_id": _text(table["user_id"]), "artist": _text(table["artist"]), "plays": plays}))
+        keys.append(users.codes(table["user_id"]) << 32 | artists.codes(table["artist"]))
+        plays.append(
+            table["plays"].to_numpy().astype(np.int64)
+            if "plays" in table.column_names
+            else np.ones(table.num_rows, np.int64)
         )
-        held += parts[-1].num_rows
-        if held > _MERGE_ROWS and len(parts) > 1:
-            parts = [_sum_pairs(pa.concat_tables(parts))]
-            held = parts[0].num_rows
-    if parts:
-        result.table = _sum_pairs(pa.concat_tables(parts)) if len(parts) > 1 else parts[0]
+        held += table.num_rows
+        if held > merge_at:
+            key, total = _sum_by_key(keys, plays)
+            keys, plays = [key], [total]
+            held = len(key)
+            merge_at = max(_MERGE_ROWS, 2 * held)
+    if not keys:
+        return result
+    key, total = _sum_by_key(keys, plays)
+    del keys, plays
+    # Codes in name order: the rank of each name among the sorted names.
+    user_rank, artist_rank = users.ranks(), artists.ranks()
+    key = user_rank[key >> 32] << 32 | artist_rank[key & 0xFFFFFFFF]
+    order = np.argsort(key, kind="stable")
+    key, total = key[order], total[order]
+    result.table = pa.table(
+        {
+            "user_id": users.sorted().take(pa.array(key >> 32)),
+            "artist": artists.sorted().take(pa.array(key & 0xFFFFFFFF)),
+            "plays": pa.array(total),
+        }
+    )
     return result
+
+
+class _Names:
+    """Distinct strings, coded in order of first sight."""
+
+    def __init__(self) -> None:
+        self.values = pa.array([], pa.string())
+
+    def codes(self, column: pa.ChunkedArray) -> np.ndarray:
+        array = column.combine_chunks()
+        if pa.types.is_dictionary(array.type):
+            # Look up each distinct value once, then spread to the rows.
+            return self._codes_of(array.dictionary.cast(pa.string()))[array.indices.to_numpy(zero_copy_only=False)]
+        return self._codes_of(array)
+
+    def _codes_of(self, values: pa.Array) -> np.ndarray:
+        found = pc.index_in(values, value_set=self.values)
+        if found.null_count:
+            unseen = pc.unique(values.filter(pc.is_null(found)))
+            self.values = pa.concat_arrays([self.values, unseen])
+            found = pc.index_in(values, value_set=self.values)
+        return found.to_numpy(zero_copy_only=False).astype(np.int64)
+
+    def ranks(self) -> np.ndarray:
+        ranks = np.empty(len(self.values), np.int64)
+        ranks[pc.sort_indices(self.values).to_numpy()] = np.arange(len(self.values))
+        return ranks
+
+    def sorted(self) -> pa.Array:
+        # Arrow orders strings by their bytes: for UTF-8, code point order, as Python's sorted().
+        return self.values.take(pc.sort_indices(self.values))
+
+
+def _sum_by_key(keys: list[np.ndarray], plays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    key, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+    # float64 sums of whole numbers are exact up to 2^53: far beyond any play count.
+    return key, np.bincount(inverse, weights=np.concatenate(plays), minlength=len(key)).astype(np.int64)
 
 
 def _empty_pairs() -> pa.Table:
@@ -109,18 +167,13 @@ def _empty_pairs() -> pa.Table:
     )
 
 
-def _text(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
-    return column.cast(pa.string()) if pa.types.is_dictionary(column.type) else column
-
-
-def _sum_pairs(table: pa.Table) -> pa.Table:
-    summed = table.group_by(["user_id", "artist"]).aggregate([("plays", "sum")])
-    return summed.rename_columns(["user_id", "artist", "plays"]).select(["user_id", "artist", "plays"])
-
-
 def split_pairs(pairs: pa.Table, fraction: float, seed: int) -> tuple[pa.Table, pa.Table]:
-    """(train, test): round(fraction x pairs) pairs held out at random, the rest kept."""
-    ordered = pairs.sort_by([("user_id", "ascending"), ("artist", "ascending")])
+    """(train, test): round(fraction x pairs) pairs held out at random, the rest kept. The pairs are
+    taken in (user, artist) name order, so the same pairs in any order split the same way."""
+    users, artists = _sorted_unique(pairs["user_id"]), _sorted_unique(pairs["artist"])
+    order = np.lexsort((_codes(pairs["artist"], artists), _codes(pairs["user_id"], users)))
+    # read_pairs gives them in that order already: no copy then.
+    ordered = pairs if np.array_equal(order, np.arange(len(order))) else pairs.take(pa.array(order))
     held_out = np.zeros(ordered.num_rows, bool)
     held_out[np.random.default_rng(seed).permutation(ordered.num_rows)[: round(fraction * ordered.num_rows)]] = True
     mask = pa.array(held_out)

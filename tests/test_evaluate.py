@@ -10,6 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from music_analytics.client import evaluate as evaluate_module
 from tests.conftest import cli
 from tests.test_cli_errors import assert_clean_error
 
@@ -233,6 +234,26 @@ def test_play_counts_events_with_plays_and_plain_events_evaluate_alike(tmp_path)
         results.append((summary["model"], summary["popularity"], summary["counts"], out.read_bytes()))
     assert results[0] == results[1] == results[2]
     assert results[0][2]["train_pairs"] + results[0][2]["test_pairs"] == len(pairs)
+
+
+@pytest.mark.parametrize("merge_rows", [10**9, 300])
+def test_pairs_are_summed_and_in_name_order_however_often_merged(taste, tmp_path, monkeypatch, merge_rows):
+    # A folder of six files is read as six chunks at least; with 300 the sums are merged between
+    # them (with 10^9 only at the end).
+    rows = read_rows(taste)
+    for part in range(6):
+        write_rows(tmp_path / f"part-{part}.csv", rows[part::6])
+    monkeypatch.setattr(evaluate_module, "_MERGE_ROWS", merge_rows)
+    got = evaluate_module.read_pairs(str(tmp_path)).table
+    con = duckdb.connect()
+    con.execute("SET default_collation = ''")
+    columns = "{" + ", ".join(f"'{name}': 'VARCHAR'" for name in EVENTS_HEADER) + "}"
+    want = con.execute(
+        f"SELECT user_id, artist, count(*) FROM read_csv($path, header = true, auto_detect = false, delim = ',', "
+        f"quote = '\"', escape = '\"', columns = {columns}) GROUP BY ALL ORDER BY user_id, artist",
+        {"path": str(tmp_path / "part-*.csv")},
+    ).fetchall()
+    assert list(zip(*(got[c].to_pylist() for c in ("user_id", "artist", "plays")), strict=True)) == want
 
 
 def test_bad_rows_are_skipped_with_a_warning_or_stop_a_strict_run(tmp_path):
