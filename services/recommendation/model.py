@@ -47,8 +47,8 @@ DEFAULT_ALGORITHM = "bm25"
 # logarithm (a user's hundredth play of an artist says less than their first), or 1 per artist.
 HISTORY_WEIGHTS: tuple[str, ...] = ("plays", "log", "binary")
 
-# The matrix factorisations' settings where a configuration leaves them unset: the best measured
-# (ALS) or the only one near useful (BPR), bench/recommender_candidates.py.
+# The matrix factorisations' settings where a configuration leaves them unset: the best of each
+# measured by bench/recommender_candidates.py.
 FACTOR_DEFAULTS: dict[str, dict[str, Any]] = {
     "als": {"factors": 32, "iterations": 15, "regularization": 0.1},
     "bpr": {"factors": 64, "iterations": 100, "regularization": 0.05},
@@ -89,8 +89,8 @@ class ModelConfig:
     the alternatives)."""
 
     algorithm: str = DEFAULT_ALGORITHM
-    # bm25, tfidf, cosine: similar artists kept per artist (scoring time grows with it: 30 is
-    # within 0.03 of 50's NDCG on both benchmark inputs at three quarters of its scoring time)
+    # bm25, tfidf, cosine: similar artists kept per artist. Scoring time grows with it: 30 is
+    # within 0.05 of 50's NDCG ratio on both benchmark inputs at 70% of its scoring time.
     neighbours: int = 30
     bm25_k1: float = 30.0  # bm25: saturation of a listener's plays (higher = less saturation)
     bm25_b: float = 0.25  # bm25: normalisation by how many plays an artist has in all (0 to 1)
@@ -102,7 +102,7 @@ class ModelConfig:
     alpha: float = 1.0  # als: confidence scale of the (BM25-weighted) plays
     learning_rate: float = 0.01  # bpr
     seed: int = 0  # als, bpr, random
-    threads: int = 0  # 0 = available_cpus()
+    threads: int = 0  # fitting, and scoring by factors (0 = available_cpus()); neighbour scoring uses one
 
     def __post_init__(self) -> None:
         known = (*ALGORITHMS, *CONTROLS)
