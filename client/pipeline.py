@@ -173,6 +173,10 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         listening_stats = site_stats(
             (a.activity for a in ub_answers if a.WhichOneof("payload") == "top_users"), config.timezone
         )
+        # Checked before the recommender is trained on what the replicas answered.
+        for name, counted in (("mapreduce", mr_events), ("userbehavior", ub_events)):
+            if counted != events:
+                raise ServiceError(f"{name} counted {counted} events but the client sent {events}")
         users = user_stats.users()
         user_stats_done = time.perf_counter()
         model = None
@@ -183,9 +187,6 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         else:
             user_stats_users = user_stats.finish() if config.user_stats is not None else 0
         personalized_done = time.perf_counter()
-        for name, counted in (("mapreduce", mr_events), ("userbehavior", ub_events)):
-            if counted != events:
-                raise ServiceError(f"{name} counted {counted} events but the client sent {events}")
         rec_start = time.perf_counter()
         trending, recommendations = recommend(recommendation, config.wait_ready, top_songs, users)
         if len(recommendations) != len(users):
