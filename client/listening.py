@@ -399,10 +399,14 @@ class UserStatsSink:
             return count
         self._path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._path.with_name(self._path.name + ".tmp")
-        if len(parts) == 1 and additions is None:
-            os.replace(parts[0].path, tmp)
-        else:
-            _merge_parts(parts, tmp, additions)
+        try:
+            if len(parts) == 1 and additions is None:
+                os.replace(parts[0].path, tmp)
+            else:
+                _merge_parts(parts, tmp, additions)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # half a file: nothing to keep
+            raise
         os.replace(tmp, self._path)
         for part in parts:
             part.discard()

@@ -15,14 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from music_analytics.api import recommendation_pb2, userbehavior_pb2
 from music_analytics.client.listening import UserStatsSink, group_concat, json_strings, strings
-from music_analytics.client.replicas import BusyBackoff, Replicas, ServiceError, describe, replica_busy, replica_lost
+from music_analytics.client.replicas import Endpoint, Replicas, ServiceError, ask_one_replica
 from music_analytics.services.common.contract import RECOMMEND_ARTISTS_METHOD
 from music_analytics.services.common.events import string_array_message
 
@@ -107,11 +106,8 @@ def write_with_artists(
 
     for spool in spools:
         spool.close()
-    errors: list[str] = []
-    busy = BusyBackoff(replicas.service.name, wait)
-    while len(errors) < 3 * max(len(replicas.endpoints), 1):
-        endpoint = replicas.pick(wait)
-        source = f"{replicas.service.name} at {endpoint.address}"
+
+    def ask(endpoint: Endpoint, source: str) -> ArtistModelSummary:
         call = endpoint.channel.stream_stream(
             RECOMMEND_ARTISTS_METHOD,
             request_serializer=bytes,
@@ -125,18 +121,11 @@ def write_with_artists(
             summary = ArtistModelSummary(first.model, settings.n)
             sink.finish(_fragments(replies, summary, source))
             return summary
-        except grpc.RpcError as exc:
-            if replica_busy(exc):
-                busy.pause(exc)
-                continue
-            if not replica_lost(exc):
-                raise ServiceError(f"{source} failed: {describe(exc)}") from None
-            endpoint.alive = False
-            errors.append(f"{endpoint.address}: {describe(exc)}")
         except ServiceError:
             replies.cancel()
             raise
-    raise ServiceError(f"{replicas.service.name}: gave up after {len(errors)} failed calls ({'; '.join(errors)})")
+
+    return ask_one_replica(replicas, wait, ask)
 
 
 def _fragments(

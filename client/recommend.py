@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import grpc
-
 from music_analytics.api import mapreduce_pb2, recommendation_pb2
 from music_analytics.client.merge import UserResult
-from music_analytics.client.replicas import BusyBackoff, Replicas, ServiceError, describe, replica_busy, replica_lost
+from music_analytics.client.replicas import Endpoint, Replicas, ServiceError, ask_one_replica
 from music_analytics.services.common.contract import MAX_TRENDING_N, TRENDING_SONGS, USERS_PER_MESSAGE
 
 __all__ = ["TrendingMasks", "recommend"]
@@ -67,33 +65,20 @@ def recommend(
                 )
             )
 
-    errors = []
-    busy = BusyBackoff(replicas.service.name, wait)
-    attempts = 0
-    while attempts < 3 * max(len(replicas.endpoints), 1):
-        endpoint = replicas.pick(wait)
+    def ask(endpoint: Endpoint, source: str) -> tuple[list, dict[str, list[str]]]:
         call = endpoint.channel.stream_stream(
             replicas.service.method,
             request_serializer=recommendation_pb2.RecommendRequest.SerializeToString,
             response_deserializer=recommendation_pb2.RecommendResponse.FromString,
         )
-        source = f"{replicas.service.name} at {endpoint.address}"
         replies = call(requests())
         try:
             return _read_answer(replies, source)
-        except grpc.RpcError as exc:
-            if replica_busy(exc):
-                busy.pause(exc)
-                continue
-            if not replica_lost(exc):
-                raise ServiceError(f"{source} failed: {describe(exc)}") from None
-            attempts += 1
-            endpoint.alive = False
-            errors.append(f"{endpoint.address}: {describe(exc)}")
         except ServiceError:
             replies.cancel()
             raise
-    raise ServiceError(f"{replicas.service.name}: gave up after {len(errors)} failed calls ({'; '.join(errors)})")
+
+    return ask_one_replica(replicas, wait, ask)
 
 
 def _read_answer(

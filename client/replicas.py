@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -35,6 +37,9 @@ CHANNEL_OPTIONS = [
 REPLICA_LOST = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED}
 # How often a wait says what it is still waiting for.
 REPORT_EVERY_SECONDS = 5.0
+
+
+T = TypeVar("T")
 
 
 class ServiceError(Exception):
@@ -274,3 +279,29 @@ class BusyBackoff:
         log.warning("replica busy; retrying", extra={"service": self.service, "detail": describe(exc)})
         time.sleep(min(self._pause, remaining))
         self._pause = min(self._pause * 2, 2.0)
+
+
+def ask_one_replica(replicas: Replicas, wait: float, ask: Callable[[Endpoint, str], T]) -> T:
+    """``ask(endpoint, source)`` of one replica, for a call that holds no state worth keeping: a
+    lost replica's call is asked again of another, as many times as there are replicas and a few
+    more, and a busy one's again later. ``source`` names the replica for messages.
+
+    Raises ServiceError naming the replica when a call fails for good (``ask`` cancels its call
+    before it lets a ServiceError of its own through).
+    """
+    errors: list[str] = []
+    busy = BusyBackoff(replicas.service.name, wait)
+    while len(errors) < 3 * max(len(replicas.endpoints), 1):
+        endpoint = replicas.pick(wait)
+        source = f"{replicas.service.name} at {endpoint.address}"
+        try:
+            return ask(endpoint, source)
+        except grpc.RpcError as exc:
+            if replica_busy(exc):
+                busy.pause(exc)
+                continue
+            if not replica_lost(exc):
+                raise ServiceError(f"{source} failed: {describe(exc)}") from None
+            endpoint.alive = False
+            errors.append(f"{endpoint.address}: {describe(exc)}")
+    raise ServiceError(f"{replicas.service.name}: gave up after {len(errors)} failed calls ({'; '.join(errors)})")

@@ -274,5 +274,5 @@ def test_additions_for_other_users_are_refused_and_the_parts_kept(tmp_path, chan
     with pytest.raises(ServiceError, match=message):
         sink.finish(iter([_texts(change(users))]))
     # Nothing half-written is left in place of the file, and the parts are there to try again.
-    assert not (tmp_path / "users.jsonl").exists()
+    assert not (tmp_path / "users.jsonl").exists() and not (tmp_path / "users.jsonl.tmp").exists()
     assert sink.finish(iter([_texts(users)])) == len(users)

@@ -13,16 +13,20 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
+import numpy as np
+import pyarrow as pa
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from music_analytics.api import mapreduce_pb2, recommendation_pb2, recommendation_pb2_grpc
+from music_analytics.client.listening import strings
 from music_analytics.client.merge import UserResult
 from music_analytics.client.pipeline import RECOMMENDATION
 from music_analytics.client.recommend import recommend
 from music_analytics.client.replicas import Replicas, ServiceError
 from music_analytics.client.targets import parse_target
 from music_analytics.services.common.contract import MAX_TRENDING_N
+from music_analytics.services.common.events import dictionary_column_message, string_array_message
 from tests.conftest import cli
 
 Answer = Callable[[list[str]], list[recommendation_pb2.RecommendResponse]]
@@ -33,6 +37,18 @@ class ScriptedRecommendation(recommendation_pb2_grpc.RecommendationServiceServic
 
     def __init__(self) -> None:
         self.answer: Answer = lambda users: []
+        self.artist_answer: Callable[[list[str]], list[recommendation_pb2.RecommendArtistsResponse]] = lambda u: []
+
+    def RecommendArtists(  # noqa: N802 - the generated servicer's method name
+        self, request_iterator: Iterator[recommendation_pb2.RecommendArtistsRequest], context: grpc.ServicerContext
+    ) -> Iterator[recommendation_pb2.RecommendArtistsResponse]:
+        users = [
+            u
+            for r in request_iterator
+            if r.WhichOneof("payload") == "users"
+            for u in strings(r.users.user_ids).to_pylist()
+        ]
+        yield from self.artist_answer(users)
 
     def Recommend(  # noqa: N802 - the generated servicer's method name
         self, request_iterator: Iterator[recommendation_pb2.RecommendRequest], context: grpc.ServicerContext
@@ -150,10 +166,72 @@ def test_run_against_such_a_peer_fails_with_one_line_naming_it(peer, services, t
     data.write_text("user_id,song_id,artist,duration,timestamp\nu1,s1,a,10,2024-01-01T00:00:00Z\n")
     proc = cli("run", "--data", str(data), "--out", str(tmp_path / "r.json"), "--wait-ready", "5",
                "--mapreduce", services.target("mapreduce"), "--userbehavior", services.target("userbehavior"),
-               "--recommendation", peer.address, timeout=60)  # fmt: skip
+               "--recommendation", peer.address, "--personalized-n", "0", timeout=60)  # fmt: skip
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"error: recommendation at {peer.address} answered 40 trending songs; a mask of recommendations can name "
         f"at most {MAX_TRENDING_N}"
     ]
     assert not (tmp_path / "r.json").exists()
+
+
+def model_message(users: list[str]) -> recommendation_pb2.RecommendArtistsResponse:
+    return recommendation_pb2.RecommendArtistsResponse(
+        model=recommendation_pb2.ArtistModel(algorithm="bm25", users=len(users), artists=1, pairs=len(users))
+    )
+
+
+def artists_message(
+    users: list[str], source: int = 0, ends_short: bool = False
+) -> recommendation_pb2.RecommendArtistsResponse:
+    ends = np.arange(1, len(users) + (0 if ends_short else 1), dtype="<u4")
+    return recommendation_pb2.RecommendArtistsResponse(
+        users=recommendation_pb2.ArtistRecommendations(
+            user_ids=string_array_message(pa.array(users, pa.string())),
+            ends=ends.tobytes(),
+            artists=dictionary_column_message(pa.array(["Artist X"]), np.zeros(len(users), dtype=np.int64)),
+            scores=np.ones(len(users), dtype="<f4").tobytes(),
+            source=bytes([source]) * len(users),
+        )
+    )
+
+
+ARTIST_ANSWERS = {
+    "users before the model": (lambda users: [artists_message(users)], "did not answer with the model first"),
+    "a second model": (lambda users: [model_message(users), model_message(users)], "a second model instead of users"),
+    "ends of another count": (
+        lambda users: [model_message(users), artists_message(users, ends_short=True)],
+        "whose columns disagree in length",
+    ),
+    "an unknown source": (
+        lambda users: [model_message(users), artists_message(users, source=3)],
+        "outside the contract",
+    ),
+    "users out of order": (
+        lambda users: [model_message(users), artists_message(users[::-1])],
+        "reached 'u2' where 'u1' was due",
+    ),
+    "too few users": (lambda users: [model_message(users), artists_message(users[:1])], "reached 1 users of the 2"),
+    "a user too many": (
+        lambda users: [model_message(users), artists_message([*users, "u3"])],
+        "name more users than the 2 there are",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ARTIST_ANSWERS))
+def test_personalized_answers_outside_the_contract_fail_the_run_naming_the_peer(peer, services, tmp_path, case):
+    answer, message = ARTIST_ANSWERS[case]
+    peer.servicer.artist_answer = answer
+    data = tmp_path / "events.csv"
+    data.write_text(
+        "user_id,song_id,artist,duration,timestamp\nu1,s1,a,10,2024-01-01T00:00:00Z\nu2,s2,b,10,2024-01-01T00:00:00Z\n"
+    )
+    proc = cli("run", "--data", str(data), "--out", str(tmp_path / "r.json"), "--wait-ready", "5",
+               "--mapreduce", services.target("mapreduce"), "--userbehavior", services.target("userbehavior"),
+               "--recommendation", peer.address, timeout=60)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("error: ") and message in line, line
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "r.users.jsonl").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["events.csv"]  # no part or spool left behind
