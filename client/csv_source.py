@@ -140,10 +140,12 @@ def open_input(open_binary: Callable[[], BinaryIO], path: str) -> BinaryIO:
         raise InputError(f"{path}: permission denied") from None
 
 
-def parse_header(raw: bytes, path: str) -> Header:
-    """The header from the file's first line (``raw``, read with a limit of HEADER_MAX_BYTES + 1)."""
+def header_text(raw: bytes, path: str, expected: str) -> str:
+    """A header line's text (``raw``, read with a limit of HEADER_MAX_BYTES + 1), BOM removed;
+    raises InputError for an empty file, a line too long, bytes not UTF-8 or a blank line.
+    ``expected`` ends the messages that say what the line should have been."""
     if not raw:
-        raise InputError(f"{path}: empty file; expected a header line {','.join(REQUIRED)}")
+        raise InputError(f"{path}: empty file; expected a header line {expected}")
     if len(raw) > HEADER_MAX_BYTES:
         raise InputError(f"{path}:1: header line longer than {HEADER_MAX_BYTES} bytes")
     bom = raw.startswith(codecs.BOM_UTF8)
@@ -152,7 +154,13 @@ def parse_header(raw: bytes, path: str) -> Header:
     except UnicodeDecodeError:
         raise InputError(f"{path}:1: header is not valid UTF-8") from None
     if not text.strip():
-        raise InputError(f"{path}:1: blank line; expected a header line {','.join(REQUIRED)}")
+        raise InputError(f"{path}:1: blank line; expected a header line {expected}")
+    return text
+
+
+def parse_header(raw: bytes, path: str) -> Header:
+    """The header from the file's first line (``raw``, read with a limit of HEADER_MAX_BYTES + 1)."""
+    text = header_text(raw, path, ",".join(REQUIRED))
     try:
         names = tuple(next(csv.reader([text.rstrip("\r\n")]), ()))
     except csv.Error as exc:  # a lone carriage return in the line

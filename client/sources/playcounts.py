@@ -26,7 +26,6 @@ anything wrong in re-read row by row with the csv module, which decides what is 
 
 from __future__ import annotations
 
-import codecs
 import csv
 import io
 from collections.abc import Callable, Iterator
@@ -48,6 +47,7 @@ from music_analytics.client.csv_source import (
     Rejection,
     check_plays,
     has_empty_string,
+    header_text,
     open_input,
     parse_arrow,
     read_chunks,
@@ -117,17 +117,7 @@ def looks_like_playcounts(line: str) -> bool:
 
 def parse_header(raw: bytes, path: str) -> Header:
     """The header from the file's first line (``raw``, read with a limit of HEADER_MAX_BYTES + 1)."""
-    if not raw:
-        raise InputError(f"{path}: empty file; expected a header line naming {EXPECTED}")
-    if len(raw) > HEADER_MAX_BYTES:
-        raise InputError(f"{path}:1: header line longer than {HEADER_MAX_BYTES} bytes")
-    bom = raw.startswith(codecs.BOM_UTF8)
-    try:
-        text = raw[3 if bom else 0 :].decode("utf-8")
-    except UnicodeDecodeError:
-        raise InputError(f"{path}:1: header is not valid UTF-8") from None
-    if not text.strip():
-        raise InputError(f"{path}:1: blank line; expected a header line naming {EXPECTED}")
+    text = header_text(raw, path, f"naming {EXPECTED}")
     try:
         fields = _fields(text)
     except csv.Error as exc:  # a lone carriage return in the line
