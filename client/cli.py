@@ -6,9 +6,8 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from music_analytics.services.common import contract
@@ -85,9 +84,12 @@ def _check_timezone(name: str) -> str | None:
 
 def _check_recommender(name: str) -> str | None:
     """Why ``name`` is not an algorithm the Recommendation service has, or None (empty: its default)."""
+    if not name:
+        return None
+    # Only a named algorithm needs the model's list: a run with the default loads none of the model.
     from music_analytics.services.recommendation.model import ALGORITHMS
 
-    if name and name not in ALGORITHMS:
+    if name not in ALGORITHMS:
         return f"--recommender: unknown algorithm {name!r}; expected one of {', '.join(ALGORITHMS)}"
     return None
 
@@ -119,11 +121,7 @@ def _replica_counts(text: str) -> dict[str, int]:
     return counts
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="music-analytics", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    run = sub.add_parser("run", help="run the pipeline against running services")
+def _add_run_command_arguments(run: argparse.ArgumentParser) -> None:
     _add_run_arguments(run, data_required=True)
     for service in contract.SERVICES.values():
         name = service.name
@@ -160,29 +158,69 @@ def build_parser() -> argparse.ArgumentParser:
         "--results-configmap", metavar="NAME", help="in Kubernetes: also write the summary to this ConfigMap"
     )
 
+
+def _add_serve_command_arguments(serve: argparse.ArgumentParser) -> None:
     from music_analytics.services.common.config import add_serve_arguments
 
-    add_serve_arguments(sub.add_parser("serve", help="run one service"))
+    add_serve_arguments(serve)
 
-    demo = sub.add_parser("demo", help="start the services locally, run the pipeline, stop them")
+
+def _add_demo_command_arguments(demo: argparse.ArgumentParser) -> None:
     _add_run_arguments(demo, data_required=False)
     demo.add_argument("--replicas", type=_positive_int, default=1, help="replicas of MapReduce and UserBehavior")
 
+
+def _add_generate_command_arguments(parser: argparse.ArgumentParser) -> None:
     from music_analytics.client import generate
 
-    generate.add_arguments(sub.add_parser("generate", help="write realistic synthetic listening events"))
+    generate.add_arguments(parser)
 
+
+def _add_report_command_arguments(parser: argparse.ArgumentParser) -> None:
     from music_analytics.client import report
 
-    report.add_arguments(sub.add_parser("report", help="one self-contained HTML page from a run's results"))
+    report.add_arguments(parser)
 
+
+def _add_evaluate_command_arguments(parser: argparse.ArgumentParser) -> None:
     from music_analytics.client import evaluate
 
-    evaluate.add_arguments(
-        sub.add_parser("evaluate", help="offline metrics of the artist recommender against most-popular")
-    )
+    evaluate.add_arguments(parser)
 
+
+# Each command's one-line help and what adds its flags. The flags of generate, report, evaluate
+# and serve are defined in their own modules, and importing those costs a `run` tens of
+# milliseconds it never uses (their code, the model, the server settings): a command line only
+# adds the flags of the command it names.
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "run": ("run the pipeline against running services", _add_run_command_arguments),
+    "serve": ("run one service", _add_serve_command_arguments),
+    "demo": ("start the services locally, run the pipeline, stop them", _add_demo_command_arguments),
+    "generate": ("write realistic synthetic listening events", _add_generate_command_arguments),
+    "report": ("one self-contained HTML page from a run's results", _add_report_command_arguments),
+    "evaluate": (
+        "offline metrics of the artist recommender against most-popular",
+        _add_evaluate_command_arguments,
+    ),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``command``, only that command's flags are added (every
+    command is still listed, and parses the same)."""
+    parser = argparse.ArgumentParser(prog="music-analytics", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_line, add_arguments) in COMMANDS.items():
+        subparser = sub.add_parser(name, help=help_line)
+        if command is None or command == name:
+            add_arguments(subparser)
     return parser
+
+
+def _command_named(argv: Sequence[str]) -> str:
+    """The command ``argv`` names: its first word that is not an option (the top level has no
+    option that takes a value), or "" when there is none."""
+    return next((word for word in argv if not word.startswith("-")), "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -190,7 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # client says what failed in its own one-line error, the services log JSON lines only. Read
     # once, when grpc is first imported: set it before that. A user's own setting wins.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    # No command, or one that is not ours: nothing is parsed past the top level, and argparse's
+    # usage or "invalid choice" error needs no command's flags.
+    args = build_parser(_command_named(words)).parse_args(words)
     if args.command == "serve":
         return _serve(args)
     if args.command == "run":
@@ -364,6 +405,8 @@ def _without_days(stats: dict) -> dict:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    import tempfile
+
     from music_analytics.client.demo import LocalServices
     from music_analytics.client.sources import InputError, open_source
 

@@ -8,11 +8,14 @@ certificate is one clear error (exit 2) rather than every service failing its ha
 from __future__ import annotations
 
 import os
-import ssl
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
-import grpc
+# grpc and ssl are imported where they are used: the command line reads this module's flags
+# (run --help, every run without TLS), which need neither.
+if TYPE_CHECKING:
+    import grpc
 
 __all__ = ["CA", "CERT", "KEY", "SERVER_NAME", "ClientTls", "TlsOption", "TlsSettingError", "load_client_tls"]
 
@@ -63,6 +66,8 @@ class ClientTls:
     @cached_property
     def credentials(self) -> grpc.ChannelCredentials:
         """One credentials object for every channel (made once: it holds the parsed certificates)."""
+        import grpc
+
         return grpc.ssl_channel_credentials(self.root_certificates, self.private_key, self.certificate_chain)
 
     def channel_options(self, dialled_name: str | None) -> list[tuple[str, str]]:
@@ -118,6 +123,8 @@ def _read(path: str, source: str) -> bytes:
 
 
 def _certificates(path: str, source: str) -> bytes:
+    import ssl
+
     pem = _read(path, source)
     if b"-----BEGIN CERTIFICATE-----" not in pem:
         raise TlsSettingError(f"{source} {path}: no PEM certificate in it (expected -----BEGIN CERTIFICATE-----)")
@@ -138,6 +145,8 @@ def _private_key(path: str, source: str) -> bytes:
 
 
 def _check_pair(cert_path: str, cert_from: str, key_path: str, key_from: str) -> None:
+    import ssl
+
     try:
         # A password callback, so OpenSSL never stops to prompt on the terminal.
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert_path, key_path, password=lambda: b"")
