@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.run import compare
+from bench.run import compare, rss_target_mb
 from tests.oracle import results_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +32,9 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> dict:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "events/s" in proc.stdout  # the table was printed
+    # One line of CPU seconds per configuration under it.
+    cpu_lines = [line for line in proc.stdout.splitlines() if line.startswith("CPU-s")]
+    assert [line.split(":")[0].split()[-1] for line in cpu_lines] == ["x1", "x2"], proc.stdout
     return json.loads(out.read_text(encoding="utf-8"))
 
 
@@ -62,7 +65,31 @@ def test_quick_bench_fields(quick: dict, replicas: int) -> None:
     }
     assert set(peak) == expected
     assert all(v is not None and 20 < v < 2000 for v in peak.values())
-    assert entry["targets"]["rss_max_mb"] == 600 and entry["targets"]["ratio_max"] is None
+    assert entry["targets"]["rss_max_mb"] == rss_target_mb(20000) and entry["targets"]["ratio_max"] is None
+    assert entry["targets"]["rss_met"] is (max(peak.values()) <= rss_target_mb(20000))
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_quick_bench_cpu_seconds(quick: dict, replicas: int) -> None:
+    entry = quick["sizes"]["20000"]["pipeline"][str(replicas)]
+    plain, with_recs = entry["cpu_seconds_median"], entry["personalized"]["cpu_seconds_median"]
+    services = set(entry["peak_rss_mb"]) - {"client"}
+    assert set(plain) == {"client", "duckdb"} | services
+    assert set(with_recs) == {"client"} | services  # DuckDB has no run with recommendations
+    assert plain["client"] > 0 and plain["duckdb"] > 0 and with_recs["client"] > 0
+    assert all(v >= 0 for v in (*plain.values(), *with_recs.values()))
+    # On 20,000 events a service may do less than a clock tick's work in one of the two runs (the
+    # Recommendation service without personalized artists); each works in one of them at least.
+    assert all(plain[name] + with_recs[name] > 0 for name in services), (plain, with_recs)
+    # CPU seconds of a process are at most its cores' share of the wall time around it.
+    cores = quick["machine"]["cpus"]
+    assert plain["client"] <= entry["wall_median"] * cores
+    assert with_recs["client"] <= entry["personalized"]["wall_median"] * cores
+
+
+def test_quick_bench_growth_entries(quick: dict) -> None:
+    # One size: no pair to compare, but an entry for each replica count.
+    assert quick["growth"] == {"1": [], "2": []}
 
 
 def test_compare_reports_every_kind_of_difference(quick: dict) -> None:
