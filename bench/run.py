@@ -522,6 +522,9 @@ def bench_size(events: int, args: argparse.Namespace, work: Path, table: list[di
                     if model.get("users") != (recs_document.get("user_stats") or {}).get("users"):
                         failures.append(f"run {i}: the model answered {model.get('users')} users of "
                                         f"{recs_document['user_stats']['users']}")  # fmt: skip
+                    # Each document is 1.4 GB of objects at 100M events, and DuckDB needs most of
+                    # the machine's memory there: none is held while the next repeat runs.
+                    del recs_document
                 document = json.loads(out.read_text(encoding="utf-8"))
                 for key, value in document.get("performance", {}).items():
                     if isinstance(value, int | float):
@@ -536,6 +539,8 @@ def bench_size(events: int, args: argparse.Namespace, work: Path, table: list[di
                                              f"duckdb {duck_document['user_stats']['users']}")  # fmt: skip
                     problems += line_problems
                     mismatches += [f"run {i}: {p}" for p in problems]
+                    del duck_document
+                del document
                 # A user's lines are KBs (100M events: GBs per file): only the last repeat's stay,
                 # and only in a work dir that outlives the bench.
                 if i + 1 < args.repeats or args.work_dir is None:
