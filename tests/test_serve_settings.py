@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import subprocess
+import tempfile
 
 import pytest
 
@@ -44,6 +45,12 @@ def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
         ("MUSIC_ANALYTICS_MAX_STREAMS", "0", "MUSIC_ANALYTICS_MAX_STREAMS=0: 0 must be at least 1"),
         ("MUSIC_ANALYTICS_MAX_CALL_BYTES", "lots", "is not a byte count"),
         ("MUSIC_ANALYTICS_MEMORY_LIMIT_BYTES", "12", "below the smallest useful limit"),
+        ("MUSIC_ANALYTICS_SPILL_AFTER_BYTES", "12", "MUSIC_ANALYTICS_SPILL_AFTER_BYTES=12: '12' is below the smallest"),
+        (
+            "MUSIC_ANALYTICS_SPILL_DIR",
+            "/nonexistent/spill",
+            "MUSIC_ANALYTICS_SPILL_DIR=/nonexistent/spill: '/nonexistent/spill' is not a directory",
+        ),
         ("MUSIC_ANALYTICS_LOG_LEVEL", "loud", "not one of debug, info, warning, error"),
         ("MUSIC_ANALYTICS_TLS_CERT", "/nonexistent/cert.pem", "cannot read /nonexistent/cert.pem"),
         ("MUSIC_ANALYTICS_WORKERS", "8", "MUSIC_ANALYTICS_WORKERS is no longer read: use MUSIC_ANALYTICS_MAX_STREAMS"),
@@ -119,6 +126,9 @@ def test_the_serving_line_says_what_was_configured(tmp_path):
         entry = json.loads(line)
         assert entry["max_streams"] == 3
         assert entry["max_call_bytes"] == 128 << 20  # half the memory limit
+        # What a call may hold before setting state aside on disk, and where: a sixteenth of it.
+        assert entry["spill_after_bytes"] == 8 << 20
+        assert entry["spill_dir"] == tempfile.gettempdir()
         assert entry["health_port"] > 0
         assert entry["tls"] is False
     finally:

@@ -29,6 +29,17 @@ class CallLimits:
     max_call_bytes: int = DEFAULT_MAX_CALL_BYTES
     # Where the limit came from, to tell a refused client how it can be raised.
     source: str = "the default"
+    # Where a call's state past its memory budget is set aside (None: the system's temporary directory).
+    spill_dir: str | None = None
+    spill_after_bytes: int | None = None
+
+    @property
+    def memory_budget(self) -> int:
+        """What a call's counters and lists may hold in memory before the rest goes to disk: by
+        default a sixteenth of the limit: what the call holds besides (strings, ids, messages
+        waiting to be mapped) and the temporaries of merging and of building the answer come on
+        top (measured at 100M events, 1.1M users, with the default 2Gi: a peak under 1 GB)."""
+        return self.spill_after_bytes if self.spill_after_bytes is not None else self.max_call_bytes // 16
 
 
 def _port(text: str) -> int:
@@ -50,6 +61,15 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise ValueError(f"{value} must be at least 1")
     return value
+
+
+def _writable_dir(text: str) -> str:
+    path = text.strip()
+    if not os.path.isdir(path):
+        raise ValueError(f"{path!r} is not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"{path!r} is not writable by this process")
+    return path
 
 
 def _seconds(text: str) -> float:
@@ -140,6 +160,22 @@ SETTINGS = (
         "(default: half of MUSIC_ANALYTICS_MEMORY_LIMIT_BYTES when set, else 2Gi)",
     ),
     Setting(
+        "spill_dir",
+        "--spill-dir",
+        "MUSIC_ANALYTICS_SPILL_DIR",
+        _writable_dir,
+        "where a call's state past its memory budget (--spill-after-bytes) is set aside on disk, in "
+        "unnamed files gone when the call ends (default: the system's temporary directory, TMPDIR)",
+    ),
+    Setting(
+        "spill_after_bytes",
+        "--spill-after-bytes",
+        "MUSIC_ANALYTICS_SPILL_AFTER_BYTES",
+        _bytes,
+        "what a call's counters and per-user lists may hold in memory before the rest is set aside in "
+        "--spill-dir (bytes, or 256Mi; default: a sixteenth of the per-call limit)",
+    ),
+    Setting(
         "memory_limit_bytes",
         None,
         "MUSIC_ANALYTICS_MEMORY_LIMIT_BYTES",
@@ -198,6 +234,8 @@ class ServerConfig:
     max_streams: int = 16
     max_call_bytes: int | None = None
     memory_limit_bytes: int | None = None
+    spill_dir: str | None = None
+    spill_after_bytes: int | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
@@ -251,13 +289,14 @@ class ServerConfig:
     @property
     def call_limits(self) -> CallLimits:
         if self.max_call_bytes:
-            return CallLimits(self.max_call_bytes, "--max-call-bytes / MUSIC_ANALYTICS_MAX_CALL_BYTES")
-        if self.memory_limit_bytes:
-            return CallLimits(
-                max(self.memory_limit_bytes // 2, 1 << 20),
-                "half the container's memory limit (raise limits.memory, or set MUSIC_ANALYTICS_MAX_CALL_BYTES)",
-            )
-        return CallLimits(DEFAULT_MAX_CALL_BYTES, "the default (set --max-call-bytes / MUSIC_ANALYTICS_MAX_CALL_BYTES)")
+            limit, source = self.max_call_bytes, "--max-call-bytes / MUSIC_ANALYTICS_MAX_CALL_BYTES"
+        elif self.memory_limit_bytes:
+            limit = max(self.memory_limit_bytes // 2, 1 << 20)
+            source = "half the container's memory limit (raise limits.memory, or set MUSIC_ANALYTICS_MAX_CALL_BYTES)"
+        else:
+            limit = DEFAULT_MAX_CALL_BYTES
+            source = "the default (set --max-call-bytes / MUSIC_ANALYTICS_MAX_CALL_BYTES)"
+        return CallLimits(limit, source, self.spill_dir, self.spill_after_bytes)
 
     def server_credentials(self) -> grpc.ServerCredentials | None:
         if not self.tls_cert:

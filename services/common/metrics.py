@@ -66,6 +66,7 @@ REJECT_REASONS = (
     "unknown_timezone",  # a time zone that is not an IANA name
     "unknown_algorithm",  # a recommender algorithm the service does not have
     "memory_limit",  # the call's state outgrew the per-call memory limit
+    "spill_failed",  # the call's state could not be set aside on disk (no space, no directory)
     "over_capacity",  # more application calls at once than --max-streams
 )
 

@@ -7,6 +7,7 @@ import logging
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -165,6 +166,8 @@ class RunningService:
                 "tls": "mutual" if self.config.tls_client_ca else bool(self.config.tls_cert),
                 "max_streams": self.config.max_streams,
                 "max_call_bytes": limits.max_call_bytes,
+                "spill_after_bytes": limits.memory_budget,
+                "spill_dir": limits.spill_dir or tempfile.gettempdir(),
             },
         )
 

@@ -10,7 +10,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from music_analytics.services.common.clock import LocalClock, month_of_day
-from music_analytics.services.common.columns import IntIds, PartitionedCounter, PendingBatches, StringIds
+from music_analytics.services.common.columns import (
+    IntIds,
+    PartitionedCounter,
+    PendingBatches,
+    Segment,
+    SpillFile,
+    StringIds,
+)
 from music_analytics.services.common.contract import ARTIST_ENTRIES_PER_MESSAGE, TOP_PER_USER, TOP_USERS, top_ranked
 
 DAY = 86400
@@ -62,6 +69,28 @@ class UserColumns:
     artists: pa.Array  # artist names, by artist id
     songs: SongNames
     artist_plays: Lists | None = None  # every artist a user played; keys: indices into ``artists``
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    def slice(self, start: int, stop: int) -> UserColumns:
+        """Users ``start`` to ``stop`` of these."""
+        if (start, stop) == (0, len(self)):
+            return self
+        rows = np.arange(start, stop)
+        return UserColumns(
+            user_ids=self.user_ids[start:stop],
+            total_time=self.total_time[start:stop],
+            top_artist=self.top_artist[start:stop],
+            plays=self.plays[start:stop],
+            top_artists=self.top_artists.take(rows),
+            top_songs=self.top_songs.take(rows),
+            daily_activity=self.daily_activity.take(rows),
+            monthly_activity=self.monthly_activity.take(rows),
+            artists=self.artists,
+            songs=self.songs,
+            artist_plays=None if self.artist_plays is None else self.artist_plays.take(rows),
+        )
 
 
 @dataclass(frozen=True)
@@ -160,30 +189,79 @@ def _merge_spellings(
 _MAX_COUNT = (1 << 32) - 1
 
 
-class _ListBuilder:
-    """Collects per-user lists range by range (users ascending) into one flat Lists."""
+# Rows added to the counters at once (at most 2^20: a group's weighted sums stay exact in float64).
+_GROUP_ROWS = 1 << 19
 
-    def __init__(self, n_users: int) -> None:
-        self._per_user = np.zeros(n_users, dtype=np.int64)
-        self._keys: list[np.ndarray] = []
-        self._counts: list[np.ndarray] = []
+
+def _concatenated(group: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray | None, ...]:
+    """The columns of a group of batches, each batch's laid end to end (plays: ones where a batch
+    has none, or None when none has them)."""
+    columns: list[np.ndarray | None] = []
+    for index, parts in enumerate(zip(*group, strict=True)):
+        if index == len(group[0]) - 1:  # plays
+            if all(p is None for p in parts):
+                columns.append(None)
+                continue
+            parts = tuple(
+                np.ones(len(g[0]), dtype=np.uint32) if p is None else p for p, g in zip(parts, group, strict=True)
+            )
+        columns.append(np.concatenate(parts) if len(parts) > 1 else parts[0])
+    return tuple(columns)
+
+
+class _ListBuckets:
+    """Per-user lists collected in any order of users and read back in name order, a bucket of
+    ``BUCKET_USERS`` consecutive users (by name) at a time.
+
+    The counters are read out by blocks of user ids, ids in first-seen order, while the answer
+    goes out in user_id order: each block's entries are sent to the bucket of their user's rank,
+    and a bucket is put in order when it is read. Entries go to a SpillFile (in memory up to its
+    budget, on disk past it), so the lists of a million users are never all held at once.
+    """
+
+    def __init__(self, rank: np.ndarray, bucket_users: int, file: SpillFile) -> None:
+        self._rank = rank  # each user id's position in name order
+        self._bucket_users = bucket_users
+        self._file = file
+        buckets = -(-len(rank) // bucket_users)
+        self._segments: list[list[tuple[Segment, Segment, Segment]]] = [[] for _ in range(buckets)]
 
     def add(self, users: np.ndarray, keys: np.ndarray, counts: np.ndarray) -> None:
-        # Only how many entries each user has is kept of ``users``: the ends come from that.
-        self._per_user += np.bincount(users, minlength=len(self._per_user))
-        # Every key kind fits 32 bits (ids, cells, months): the lists of every user are held at once.
-        self._keys.append(keys.astype(np.int32))
-        # Weighted counts (rows of many plays) may pass 32 bits: the most a list can say is kept.
-        self._counts.append(np.minimum(counts, _MAX_COUNT).astype(np.uint32))
+        """Entries of users' lists, each user's together and in list order."""
+        if len(users) == 0:
+            return
+        rank = self._rank[users]
+        bucket = rank // self._bucket_users
+        # Stable: a user's entries keep their order within the bucket.
+        order = np.argsort(bucket, kind="stable")
+        ends = np.cumsum(np.bincount(bucket, minlength=len(self._segments)))
+        rank, keys, counts = rank[order], keys[order], counts[order]
+        start = 0
+        for index, stop in enumerate(ends.tolist()):
+            if stop > start:
+                self._segments[index].append(
+                    (
+                        self._file.write(rank[start:stop].astype(np.uint32)),
+                        # Every key kind fits 32 bits (ids, cells, months).
+                        self._file.write(keys[start:stop].astype(np.int32)),
+                        # Weighted counts may pass 32 bits: the most a list can say is kept.
+                        self._file.write(np.minimum(counts[start:stop], _MAX_COUNT).astype(np.uint32)),
+                    )
+                )
+            start = stop
 
-    def build(self) -> Lists:
-        ends = np.cumsum(self._per_user).astype(np.uint32)
-        if not self._keys:
-            return Lists(ends, np.empty(0, np.int32), np.empty(0, np.uint32))
-        # One column at a time, its parts let go at once: a copy of one column at most.
-        keys, self._keys = np.concatenate(self._keys), []
-        counts, self._counts = np.concatenate(self._counts), []
-        return Lists(ends, keys, counts)
+    def bucket(self, index: int, users: int) -> Lists:
+        """The lists of bucket ``index``'s ``users`` users, in name order."""
+        parts = self._segments[index]
+        first = index * self._bucket_users
+        if not parts:
+            return Lists(np.zeros(users, np.uint32), np.empty(0, np.int32), np.empty(0, np.uint32))
+        rank = np.concatenate([self._file.read(r) for r, _, _ in parts]).astype(np.int64) - first
+        keys = np.concatenate([self._file.read(k) for _, k, _ in parts])
+        counts = np.concatenate([self._file.read(c) for _, _, c in parts])
+        order = np.argsort(rank, kind="stable")
+        ends = np.cumsum(np.bincount(rank, minlength=users)).astype(np.uint32)
+        return Lists(ends, keys[order], counts[order])
 
 
 class UserStats:
@@ -199,8 +277,23 @@ class UserStats:
     # (1M users) at 4M events; 3.8x before the counters were partitioned.
     peak_factor = 4
 
-    def __init__(self, timezone: str = "", release: Callable[[], None] = lambda: None) -> None:
+    # Users per bucket of the lists read back in name order (see _ListBuckets): a bucket's lists
+    # and the temporaries of putting them in order are held at once (about 15 MB at 100M events).
+    BUCKET_USERS = 1 << 14
+
+    def __init__(
+        self,
+        timezone: str = "",
+        release: Callable[[], None] = lambda: None,
+        memory_budget: int = 128 << 20,
+        spill_dir: str | None = None,
+    ) -> None:
         self.clock = LocalClock(timezone)
+        # What the counters and the per-user lists may hold in memory before the rest is set aside
+        # on disk, in ``spill_dir``. Half of it each: the counters while events come, the lists
+        # while the answer is built (the counters are let go, block by block, as the lists fill).
+        self._counters_file = SpillFile(spill_dir)
+        self._lists_file = SpillFile(spill_dir, budget=memory_budget // 2)
         # Called after each step that frees much memory (a bulk mapping, a counter read out), to
         # hand it back to the system before the next, larger arrays are placed beside it.
         self._release = release
@@ -213,8 +306,11 @@ class UserStats:
         self._plays = np.zeros(0, dtype=np.int64)
         self._artist_plays = np.zeros(0, dtype=np.int64)
         # Partitioned by blocks of users: the largest fold of runs copies one block's keys.
-        self._user_songs = PartitionedCounter(_ITEM_BITS + _USER_BLOCK_BITS)  # user << 32 | song
-        self._when = PartitionedCounter(_WHEN_BITS + _USER_BLOCK_BITS)  # user << 24 | cell << 16 | biased month
+        # user << 32 | song, and user << 24 | cell << 16 | biased month; a quarter of the budget each.
+        self._user_songs = PartitionedCounter(_ITEM_BITS + _USER_BLOCK_BITS, spill=self._counters_file,
+                                              budget=memory_budget // 4)  # fmt: skip
+        self._when = PartitionedCounter(_WHEN_BITS + _USER_BLOCK_BITS, spill=self._counters_file,
+                                        budget=memory_budget // 4)  # fmt: skip
         self._cells = np.zeros(CELLS, dtype=np.int64)
         self._day0 = 0  # local day of _day_counts[0]
         self._day_counts = np.zeros(0, dtype=np.int64)
@@ -283,7 +379,7 @@ class UserStats:
         self._pending.add(item, len(user_idx))
         self.events += len(user_idx)
         self._lists = None
-        if self._pending.due(len(self._users)):
+        if self._pending.due(len(self._users) + len(self._artists) + len(self._song_ids)):
             self._flush()
 
     def _flush(self) -> None:
@@ -301,17 +397,35 @@ class UserStats:
         if len(self._artists) > len(self._artist_plays):
             grow = len(self._artists) - len(self._artist_plays)
             self._artist_plays = np.concatenate([self._artist_plays, np.zeros(grow, dtype=np.int64)])
+        # Songs too are mapped for all batches at once: adding new ones to the sorted keys copies
+        # them all, once a flush rather than once a message.
+        artists = [artist_map[item[3]] for item, artist_map in zip(items, artist_maps, strict=True)]
+        song_keys = np.concatenate(
+            [(a << _ITEM_BITS) | song_map[item[5]] for a, item, song_map in zip(artists, items, song_maps, strict=True)]
+        )
+        songs = np.split(self._songs.map(song_keys), np.cumsum([len(a) for a in artists])[:-1])
+        del song_keys
         # The strings were mapped for all batches at once (that is what costs); the numbers are done
-        # a batch at a time, so their temporaries are a batch's, not a million rows'.
-        for item, user_map, artist_map, song_map in zip(items, user_maps, artist_maps, song_maps, strict=True):
-            self._add_numbers(user_map[item[1]], artist_map[item[3]], song_map[item[5]], *item[6:])
+        # in groups of batches: each step over a group has a cost in the number of users (a
+        # bincount's length), which per message grew with the users, not the events (at 100M
+        # events, 1.1M users, it was a tenth of the service's time), and temporaries of its size.
+        group: list[tuple[np.ndarray, ...]] = []
+        rows = 0
+        for item, user_map, artist, song in zip(items, user_maps, artists, songs, strict=True):
+            if group and rows + len(song) > _GROUP_ROWS:
+                self._add_numbers(*_concatenated(group))
+                group, rows = [], 0
+            group.append((user_map[item[1]], artist, song, *item[6:]))
+            rows += len(song)
+        if group:
+            self._add_numbers(*_concatenated(group))
         self._release()
 
     def _add_numbers(
         self,
         users: np.ndarray,
         artists: np.ndarray,
-        song_ids: np.ndarray,
+        songs: np.ndarray,
         duration: np.ndarray,
         ts: np.ndarray,
         plays: np.ndarray | None,
@@ -322,11 +436,10 @@ class UserStats:
         low = np.bincount(users, weights=duration & 0xFFFF, minlength=n).astype(np.int64)
         high = np.bincount(users, weights=duration >> 16, minlength=n).astype(np.int64)
         self._time += low + (high << 16)
-        # A batch's weighted sums stay below 2^53 (2^20 rows of at most 2^32 plays): exact in float64.
+        # A group's weighted sums stay below 2^53 (2^20 rows of at most 2^32 plays): exact in float64.
         weights = None if plays is None else plays.astype(np.float64)
         self._plays += np.bincount(users, weights, minlength=n).astype(np.int64)
         self._artist_plays += np.bincount(artists, weights, minlength=len(self._artist_plays)).astype(np.int64)
-        songs = self._songs.map((artists << _ITEM_BITS) | song_ids)
         self._user_songs.add((users << _ITEM_BITS) | songs, plays)
 
         ts = ts.astype(np.int64)
@@ -350,32 +463,42 @@ class UserStats:
             self._day_counts, self._day0 = grown, new0
         self._day_counts += np.bincount(day - new0, weights, minlength=size).astype(np.int64)
 
-    def _song_names(self) -> tuple[SongNames, np.ndarray, np.ndarray]:
-        """Names of every song; each song's key id (two (artist, song_id) pairs may spell one key);
-        and each song's rank in key order."""
-        pairs = self._songs.keys
+    def _song_names(self, songs: np.ndarray | None = None) -> SongNames:
+        """The names of ``songs`` (ids; all songs when None): key, artist and song_id."""
+        pairs = self._songs.keys if songs is None else self._songs.keys[songs]
         artist = pc.take(self._artists.values, pa.array(pairs >> _ITEM_BITS))
         song_id = pc.take(self._song_ids.values, pa.array(pairs & ((1 << _ITEM_BITS) - 1)))
-        key = pc.binary_join_element_wise(artist, song_id, " - ")
+        return SongNames(pc.binary_join_element_wise(artist, song_id, " - "), artist, song_id)
+
+    def _song_keys(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each song's key id (two (artist, song_id) pairs may spell one key) and its rank in key
+        order. The names themselves are let go: each message names only its own songs."""
+        key = self._song_names().key
         encoded = pc.dictionary_encode(key)
         # Each song's key id: songs of two (artist, song_id) pairs that spell one key share it.
         canonical = encoded.indices.to_numpy().astype(np.int64)
         rank = np.empty(len(key), dtype=np.int64)
         rank[pc.sort_indices(key).to_numpy()] = np.arange(len(key))
-        return SongNames(key, artist, song_id), canonical, rank
+        return canonical, rank
 
-    def _build_lists(self) -> dict[str, Lists]:
+    def _build_lists(self) -> dict[str, _ListBuckets]:
         if self._lists is not None:
             return self._lists
         self._flush()
         n = len(self._users)
-        names, canonical, song_rank = self._song_names()
+        rank = np.empty(n, dtype=np.int64)
+        rank[pc.sort_indices(self._users.values).to_numpy()] = np.arange(n)
+        canonical, song_rank = self._song_keys()
         collisions = len(canonical) > 0 and int(canonical.max()) + 1 < len(canonical)
         song_artist = self._songs.keys >> _ITEM_BITS
         artist_rank = np.empty(len(self._artists), dtype=np.int64)
         artist_rank[pc.sort_indices(self._artists.values).to_numpy()] = np.arange(len(self._artists))
         low = (1 << _ITEM_BITS) - 1
-        top_songs, top_artists, artist_plays = _ListBuilder(n), _ListBuilder(n), _ListBuilder(n)
+        lists = {
+            kind: _ListBuckets(rank, self.BUCKET_USERS, self._lists_file)
+            for kind in ("top_songs", "top_artists", "artist_plays", "daily_activity", "monthly_activity")
+        }
+        top_songs, top_artists, artist_plays = lists["top_songs"], lists["top_artists"], lists["artist_plays"]
         pairs = 0
         # Drained: each block of users' counts is let go once its lists are made.
         for keys, counts in self._user_songs.drain(rows=_RANGE_ROWS, align_bits=_ITEM_BITS):
@@ -393,7 +516,7 @@ class UserStats:
             best = top_per_group(users, songs, counts, song_rank, TOP_PER_USER)
             top_songs.add(users[best], songs[best], counts[best])
         self._release()
-        cells, months = _ListBuilder(n), _ListBuilder(n)
+        cells, months = lists["daily_activity"], lists["monthly_activity"]
         for keys, counts in self._when.drain(rows=_RANGE_ROWS, align_bits=_WHEN_BITS):
             users = keys >> _WHEN_BITS
             # Keys are sorted by (user, cell, month): (user, cell) runs are contiguous.
@@ -402,15 +525,10 @@ class UserStats:
             month = keys & ((1 << _MONTH_BITS) - 1)
             by_month, month_counts = _sum_unsorted((users << _MONTH_BITS) | month, counts)
             months.add(by_month >> _MONTH_BITS, (by_month & ((1 << _MONTH_BITS) - 1)) - _MONTH_BIAS, month_counts)
+        # What was set aside of the counters is read: the file's space is given back now.
+        self._counters_file.close()
         self._release()
-        self._lists = {
-            "top_songs": top_songs.build(),
-            "top_artists": top_artists.build(),
-            "artist_plays": artist_plays.build(),
-            "daily_activity": cells.build(),
-            "monthly_activity": months.build(),
-        }
-        self._names = names
+        self._lists = lists
         self._pairs = pairs
         return self._lists
 
@@ -418,36 +536,46 @@ class UserStats:
         """Every user's summary and statistics in user_id order, ``chunk`` users at a time, and
         fewer when their plays per artist (if kept) would pass ``entries`` (one user at least)."""
         lists = self._build_lists()
-        top = lists["top_artists"]
-        first = np.concatenate(([0], top.ends[:-1].astype(np.int64)))
-        top_artist_id = top.keys[first] if len(top.keys) else np.empty(0, dtype=np.int64)
         users = self._users.values
         by_name = pc.sort_indices(users).to_numpy()
-        sizes = None
-        if self.artist_plays:
-            ends = lists["artist_plays"].ends.astype(np.int64)
-            sizes = np.cumsum(np.diff(np.concatenate(([0], ends)))[by_name])
-        start = 0
-        while start < len(users):
-            stop = min(start + chunk, len(users))
-            if sizes is not None:
-                before = int(sizes[start - 1]) if start else 0
-                stop = max(start + 1, min(stop, int(np.searchsorted(sizes, before + entries, side="right"))))
-            ids = by_name[start:stop]
-            start = stop
-            yield UserColumns(
-                user_ids=pc.take(users, pa.array(ids)).to_pylist(),
-                total_time=self._time[ids].tolist(),
-                top_artist=pc.take(self._artists.values, pa.array(top_artist_id[ids])).to_pylist(),
-                plays=self._plays[ids].tolist(),
-                top_artists=top.take(ids),
-                top_songs=lists["top_songs"].take(ids),
-                daily_activity=lists["daily_activity"].take(ids),
-                monthly_activity=lists["monthly_activity"].take(ids),
-                artist_plays=lists["artist_plays"].take(ids) if self.artist_plays else None,
-                artists=self._artists.values,
-                songs=self._names,
-            )
+        for bucket, first in enumerate(range(0, len(users), self.BUCKET_USERS)):
+            ids = by_name[first : first + self.BUCKET_USERS]
+            kinds = {kind: buckets.bucket(bucket, len(ids)) for kind, buckets in lists.items()}
+            top = kinds["top_artists"]
+            heads = np.concatenate(([0], top.ends[:-1].astype(np.int64)))
+            top_artist_id = top.keys[heads] if len(top.keys) else np.empty(0, dtype=np.int64)
+            sizes = None
+            if self.artist_plays:
+                sizes = kinds["artist_plays"].ends.astype(np.int64)
+            start = 0
+            while start < len(ids):
+                stop = min(start + chunk, len(ids))
+                if sizes is not None:
+                    before = int(sizes[start - 1]) if start else 0
+                    stop = max(start + 1, min(stop, int(np.searchsorted(sizes, before + entries, side="right"))))
+                local = np.arange(start, stop)
+                chunk_ids = ids[start:stop]
+                start = stop
+                top_songs = kinds["top_songs"].take(local)
+                songs, song_keys = np.unique(top_songs.keys, return_inverse=True)
+                yield UserColumns(
+                    user_ids=pc.take(users, pa.array(chunk_ids)).to_pylist(),
+                    total_time=self._time[chunk_ids].tolist(),
+                    top_artist=pc.take(self._artists.values, pa.array(top_artist_id[local])).to_pylist(),
+                    plays=self._plays[chunk_ids].tolist(),
+                    top_artists=top.take(local),
+                    top_songs=Lists(top_songs.ends, song_keys.reshape(-1).astype(np.int32), top_songs.counts),
+                    daily_activity=kinds["daily_activity"].take(local),
+                    monthly_activity=kinds["monthly_activity"].take(local),
+                    artist_plays=kinds["artist_plays"].take(local) if self.artist_plays else None,
+                    artists=self._artists.values,
+                    songs=self._song_names(songs),
+                )
+
+    def close(self) -> None:
+        """Give back the disk space of what was set aside (the files go with the process anyway)."""
+        self._counters_file.close()
+        self._lists_file.close()
 
     def site_activity(self) -> SiteActivity:
         self._flush()
