@@ -1230,3 +1230,27 @@ def test_notes_give_next_commands():
     assert "grpc.health.v1.Health/Check" in notes
     assert f"logs job/{RELEASE}-music-analytics-run-{REVISION}" in notes
     assert "summary\\.json" in notes and "helm test" in notes
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({}, {"mapreduce": "256Mi", "userbehavior": "8Gi", "recommendation": "256Mi"}),
+        (
+            {"default": {"scratchSizeLimit": "1Gi"}, "services": {"userbehavior": {"scratchSizeLimit": "40Gi"}}},
+            {"mapreduce": "1Gi", "userbehavior": "40Gi", "recommendation": "1Gi"},
+        ),
+    ],
+)
+def test_scratch_space_for_spilled_state_is_sized_per_service(values: dict, expected: dict):
+    """UserBehavior sets aside what a call holds past its memory budget in /tmp: its emptyDir is
+    the one sized for that, and each service's size can be set."""
+    docs = render_docs(values, name="music-analytics")
+    for name, size in expected.items():
+        pod = one(docs, "Deployment", f"music-analytics-{name}")["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
+        volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+        assert volume["emptyDir"]["sizeLimit"] == size
+    with pytest.raises(helm.HelmError):
+        chart().validate_schema({"services": {"userbehavior": {"scratchSizeLimit": "lots"}}})
