@@ -400,6 +400,11 @@ class IntIds:
             self._by_id = [np.concatenate(self._by_id)]
         return self._by_id[0] if self._by_id else np.empty(0, dtype=np.int64)
 
+    def freeze(self) -> None:
+        """No key will be added: let go of the sorted index, keep the keys by id."""
+        self._by_id = [self.keys]
+        self._sorted = self._sorted_ids = None  # type: ignore[assignment]
+
     def map(self, keys: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
         """The id of every key, adding unseen keys; ``chunk`` keys at a time (a sort's temporaries
         are several times its input: a few million keys at once were a peak of their own)."""

@@ -386,9 +386,11 @@ class UserStats:
         items = self._pending.take()
         if not items:
             return
+        # One kind of string after the other: mapping users and song ids side by side (Arrow's
+        # lookups run without the GIL) was no faster at 10M events and held both hash tables at once.
         user_maps = self._users.map_arrays([it[0] for it in items])
-        artist_maps = self._artists.map_arrays([it[2] for it in items])
         song_maps = self._song_ids.map_arrays([it[4] for it in items])
+        artist_maps = self._artists.map_arrays([it[2] for it in items])
         n = len(self._users)
         if n > len(self._time):
             grow = n - len(self._time)
@@ -397,29 +399,33 @@ class UserStats:
         if len(self._artists) > len(self._artist_plays):
             grow = len(self._artists) - len(self._artist_plays)
             self._artist_plays = np.concatenate([self._artist_plays, np.zeros(grow, dtype=np.int64)])
-        # Songs too are mapped for all batches at once: adding new ones to the sorted keys copies
-        # them all, once a flush rather than once a message.
-        artists = [artist_map[item[3]] for item, artist_map in zip(items, artist_maps, strict=True)]
-        song_keys = np.concatenate(
-            [(a << _ITEM_BITS) | song_map[item[5]] for a, item, song_map in zip(artists, items, song_maps, strict=True)]
-        )
-        songs = np.split(self._songs.map(song_keys), np.cumsum([len(a) for a in artists])[:-1])
-        del song_keys
         # The strings were mapped for all batches at once (that is what costs); the numbers are done
         # in groups of batches: each step over a group has a cost in the number of users (a
         # bincount's length), which per message grew with the users, not the events (at 100M
         # events, 1.1M users, it was a tenth of the service's time), and temporaries of its size.
+        # Songs are mapped a group at a time too: adding new ones to the sorted keys copies them
+        # all, once a group rather than once a message. Each message is let go once its group is
+        # counted, so what the flush holds shrinks as it goes.
         group: list[tuple[np.ndarray, ...]] = []
         rows = 0
-        for item, user_map, artist, song in zip(items, user_maps, artists, songs, strict=True):
-            if group and rows + len(song) > _GROUP_ROWS:
-                self._add_numbers(*_concatenated(group))
+        for index, (user_map, artist_map, song_map) in enumerate(zip(user_maps, artist_maps, song_maps, strict=True)):
+            item, items[index] = items[index], None
+            if group and rows + len(item[1]) > _GROUP_ROWS:
+                self._add_group(group)
                 group, rows = [], 0
-            group.append((user_map[item[1]], artist, song, *item[6:]))
-            rows += len(song)
+            group.append((user_map[item[1]], artist_map[item[3]], song_map[item[5]], *item[6:]))
+            rows += len(item[1])
+            del item
         if group:
-            self._add_numbers(*_concatenated(group))
+            self._add_group(group)
         self._release()
+
+    def _add_group(self, group: list[tuple[np.ndarray | None, ...]]) -> None:
+        users, artists, song_ids, *rest = _concatenated(group)
+        group.clear()
+        artists = artists.astype(np.int64)
+        songs = self._songs.map((artists << _ITEM_BITS) | song_ids)
+        self._add_numbers(users.astype(np.int64), artists, songs, *rest)
 
     def _add_numbers(
         self,
@@ -489,6 +495,10 @@ class UserStats:
         rank = np.empty(n, dtype=np.int64)
         rank[pc.sort_indices(self._users.values).to_numpy()] = np.arange(n)
         canonical, song_rank = self._song_keys()
+        self._songs.freeze()
+        # The names the keys were computed from are let go: hand their memory back before the
+        # counters are read back beside it.
+        self._release()
         collisions = len(canonical) > 0 and int(canonical.max()) + 1 < len(canonical)
         song_artist = self._songs.keys >> _ITEM_BITS
         artist_rank = np.empty(len(self._artists), dtype=np.int64)
