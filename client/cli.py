@@ -338,6 +338,13 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_INPUT
     if not args.quiet:
         print_summary(document, sys.stdout, args.data, str(out))
+    if result.personalized_skipped:
+        print(
+            f"warning: the per-user statistics have no personalized artists: {result.personalized_skipped}. "
+            "Give the Recommendation service more memory (--max-call-bytes, or its memory limit), or run "
+            "with --personalized-n 0",
+            file=sys.stderr,
+        )
     _push_metrics(args, document)
     if args.results_configmap:
         from music_analytics.client.k8s_results import ResultsPublishError, publish_results_configmap

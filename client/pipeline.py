@@ -24,7 +24,7 @@ from music_analytics.client.listening import UserStatsSink, site_stats
 from music_analytics.client.merge import UserResult, merge_songs, merge_top_users
 from music_analytics.client.personalized import ArtistSettings, PlaysSpool, write_with_artists
 from music_analytics.client.recommend import recommend
-from music_analytics.client.replicas import Endpoint, Replicas, ServiceError, ServiceInfo
+from music_analytics.client.replicas import CallOverLimitError, Endpoint, Replicas, ServiceError, ServiceInfo
 from music_analytics.client.sources import REJECT_REASONS, SKIP_REASONS, open_source
 from music_analytics.client.streams import ShardedStream
 from music_analytics.client.targets import parse_target
@@ -59,7 +59,8 @@ class PipelineResult:
     listening_stats: dict[str, Any] = field(default_factory=dict)
     user_stats_path: Path | None = None
     user_stats_users: int = 0
-    personalized: dict[str, Any] | None = None  # the model's summary (None: not asked for)
+    personalized: dict[str, Any] | None = None  # the model's summary (None: not asked for, or skipped)
+    personalized_skipped: str | None = None  # why the personalized artists asked for are missing
 
 
 @dataclass
@@ -180,10 +181,18 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         users = user_stats.users()
         user_stats_done = time.perf_counter()
         model = None
+        artists_skipped = None
         if personalized:
             settings = ArtistSettings(config.personalized_n, config.algorithm, config.seed)
-            model = write_with_artists(user_stats, recommendation, config.wait_ready, settings, user_stats.spools())
-            user_stats_users = len(users)
+            try:
+                model = write_with_artists(user_stats, recommendation, config.wait_ready, settings, user_stats.spools())
+                user_stats_users = len(users)
+            except CallOverLimitError as exc:
+                # Every user's plays at once are more than the Recommendation service may hold.
+                # All else is done and exact: it is written without the artists, and says why,
+                # rather than lost with them.
+                artists_skipped = str(exc)
+                user_stats_users = user_stats.finish()
         else:
             user_stats_users = user_stats.finish() if config.user_stats is not None else 0
         personalized_done = time.perf_counter()
@@ -225,6 +234,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         user_stats_path=config.user_stats,
         user_stats_users=user_stats_users,
         personalized=None if model is None else model.as_json(),
+        personalized_skipped=artists_skipped,
     )
 
 

@@ -46,6 +46,11 @@ class ServiceError(Exception):
     """A service is unreachable, lost every replica, or refused our requests. Exit code 1."""
 
 
+class CallOverLimitError(ServiceError):
+    """A service refused one call as larger than it may hold (RESOURCE_EXHAUSTED, not busy):
+    asking again, of this replica or another, would be refused the same way."""
+
+
 @dataclass(frozen=True)
 class ServiceInfo:
     name: str
@@ -300,6 +305,8 @@ def ask_one_replica(replicas: Replicas, wait: float, ask: Callable[[Endpoint, st
             if replica_busy(exc):
                 busy.pause(exc)
                 continue
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise CallOverLimitError(f"{source} refused the call: {describe(exc)}") from None
             if not replica_lost(exc):
                 raise ServiceError(f"{source} failed: {describe(exc)}") from None
             endpoint.alive = False

@@ -60,6 +60,7 @@ def to_json(result: PipelineResult) -> dict[str, Any]:
         },
         # The model behind each user's recommended_artists in the per-user lines (null: none asked).
         "personalized_recommendations": result.personalized,
+        "personalized_recommendations_skipped": result.personalized_skipped,
     }
 
 

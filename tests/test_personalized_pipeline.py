@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 from music_analytics.client.demo import LocalServices
 from music_analytics.client.generate import generate
 from tests.conftest import cli, run_pipeline
-from tests.oracle import first_difference, oracle_recommendations
+from tests.oracle import first_difference, oracle_recommendations, oracle_stats
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +120,36 @@ def test_a_play_count_file_is_refused_by_run_with_a_pointer_to_evaluate(tmp_path
     assert proc.returncode == 2, proc.stderr
     assert "play counts" in proc.stderr and "music-analytics evaluate" in proc.stderr
     assert not (tmp_path / "r.json").exists()
+
+
+def test_a_recommender_that_cannot_hold_every_users_plays_costs_the_artists_only(tmp_path):
+    """Every user's plays at once past the Recommendation service's per-call limit: the run ends
+    with everything else written and exact, no artists in the lines, and says why and what to do."""
+    taste_data = tmp_path / "events.csv"
+    generate(taste_data, 200_000, 5)  # about 150k (user, artist) pairs: past a 1 MiB limit
+    with LocalServices(replicas=1, log_dir=tmp_path) as running:
+        small = LocalServices(names=("recommendation",), log_dir=tmp_path / "small")
+        (tmp_path / "small").mkdir()
+        os.environ["MUSIC_ANALYTICS_MAX_CALL_BYTES"] = "1Mi"
+        try:
+            small.start()
+        finally:
+            del os.environ["MUSIC_ANALYTICS_MAX_CALL_BYTES"]
+        try:
+            out = tmp_path / "r.json"
+            proc = cli(
+                "run", "--data", str(taste_data), "--out", str(out), "--quiet",
+                "--mapreduce", running.target("mapreduce"), "--userbehavior", running.target("userbehavior"),
+                "--recommendation", small.target("recommendation"),
+            )  # fmt: skip
+        finally:
+            small.stop()
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: the per-user statistics have no personalized artists" in proc.stderr
+    assert "RESOURCE_EXHAUSTED" in proc.stderr and "--personalized-n 0" in proc.stderr
+    results = json.loads(out.read_text())
+    assert results["personalized_recommendations"] is None
+    assert "per-call limit" in results["personalized_recommendations_skipped"]
+    got = lines(tmp_path / "r.users.jsonl")
+    want = oracle_stats(taste_data, "UTC", personalized_n=0)["user_lines"]
+    assert first_difference(got, want, "user_lines") is None
