@@ -40,10 +40,13 @@ def _preferred_or_any(port: int) -> int:
     return port if free_port(port) == port else 0
 
 
-def _serving_line(log_path: Path) -> dict | None:
-    """The service's "serving" log line (its ports), once it has written it."""
+def _serving_line(log_path: Path, offset: int = 0) -> dict | None:
+    """The service's "serving" log line (its ports), once it has written it past ``offset``: a
+    log appended to by an earlier process holds that one's line, with ports long gone."""
     try:
-        text = log_path.read_text(errors="replace")
+        with log_path.open("rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
     except FileNotFoundError:
         return None
     for line in text.splitlines():
@@ -62,6 +65,7 @@ class ServiceProcess:
     host: str = "127.0.0.1"  # any loopback address: replicas on 127.0.0.2, .3 can share a port
     health_port: int | None = None  # the plaintext health-only port, if the service was given one
     tls: ClientTls | None = None  # how to reach the gRPC port when it speaks TLS
+    log_offset: int = 0  # where this process's lines start in ``log_path``
 
     @property
     def address(self) -> str:
@@ -71,7 +75,7 @@ class ServiceProcess:
         health_name = SERVICES[self.name].full_name
         deadline = time.monotonic() + timeout
         while True:
-            serving = _serving_line(self.log_path)
+            serving = _serving_line(self.log_path, self.log_offset)
             if serving:
                 self.grpc_port, self.metrics_port = serving["grpc_port"], serving["metrics_port"]
                 self.health_port = serving.get("health_port")
@@ -137,6 +141,7 @@ def start_service(
     Call ``wait_serving()`` before using the ports.
     """
     log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+    offset = log.tell()
     process = subprocess.Popen(
         [
             sys.executable,
@@ -159,7 +164,7 @@ def start_service(
         env=os.environ | (extra_env or {}),
     )
     log.close()
-    return ServiceProcess(name, grpc_port, metrics_port, process, log_path, host, tls=tls)
+    return ServiceProcess(name, grpc_port, metrics_port, process, log_path, host, tls=tls, log_offset=offset)
 
 
 class LocalServices:

@@ -133,3 +133,23 @@ def test_the_serving_line_says_what_was_configured(tmp_path):
         assert entry["tls"] is False
     finally:
         service.stop()
+
+
+def test_a_service_started_on_an_earlier_log_announces_its_own_ports(tmp_path):
+    """A log appended to by an earlier process holds that one's "serving" line: the ports read
+    must be the new process's (a reused --work-dir of the bench once connected to dead ports)."""
+    log = tmp_path / "ub.log"
+    first = start_service("userbehavior", log)
+    first.wait_serving()
+    first.stop()
+    # The first process's port stays busy, so the second cannot get it back by chance.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", first.grpc_port))
+        second = start_service("userbehavior", log)
+        try:
+            second.wait_serving()
+            lines = [json.loads(x) for x in log.read_text().splitlines() if '"message": "serving"' in x]
+            assert len(lines) == 2
+            assert second.grpc_port == lines[1]["grpc_port"] != first.grpc_port
+        finally:
+            second.stop()
