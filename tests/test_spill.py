@@ -23,7 +23,13 @@ import pytest
 
 from music_analytics.client.demo import LocalServices, start_service
 from music_analytics.client.generate import generate
-from music_analytics.services.common.columns import KeyCounter, PartitionedCounter, SpillError, SpillFile
+from music_analytics.services.common.columns import (
+    KeyCounter,
+    PartitionedCounter,
+    PendingBatches,
+    SpillError,
+    SpillFile,
+)
 from music_analytics.services.userbehavior.analytics import UserStats
 from tests.conftest import cli, run_pipeline
 from tests.oracle import first_difference, oracle_stats
@@ -146,9 +152,12 @@ def test_user_summaries_are_the_same_spilled_or_not(events, tmp_path, monkeypatc
     # A budget of a few hundred KB and buckets of 100 users: every counter spills many times, the
     # lists mostly go to disk, and the users of one chunk come from several buckets' reads.
     monkeypatch.setattr(UserStats, "BUCKET_USERS", 100)
+    # Messages mapped every few thousand rows, so flushes run behind the feeding thread.
+    monkeypatch.setattr(PendingBatches, "MIN_ROWS", 5000)
     spilled = UserStats("Europe/Berlin", memory_budget=400_000, spill_dir=str(tmp_path))
     spilled.artist_plays = True
     _feed(spilled, events)
+    assert spilled._worker is not None
     got = _summaries(spilled)
     # The counters spilled, were read back, and their file was let go before the answer was built.
     assert spilled._counters_file.written > 0 and spilled._counters_file._file is None
@@ -265,3 +274,16 @@ def test_summaries_go_in_messages_under_the_limit_whatever_the_users(events):
     assert sum(sizes) / len(sizes) > target / 3  # not a message a user
     assert [u for m in messages for u in m.user_ids] == [u for m in whole for u in m.user_ids]
     assert [t for m in messages for t in m.total_time] == [t for m in whole for t in m.total_time]
+
+
+def test_a_spill_that_fails_behind_the_feeding_thread_fails_the_call(events, tmp_path, monkeypatch):
+    import pyarrow.csv  # noqa: F401 (pa.csv)
+
+    monkeypatch.setattr(PendingBatches, "MIN_ROWS", 5000)
+    stats = UserStats("UTC", memory_budget=100_000, spill_dir=str(tmp_path / "gone"))
+    with pytest.raises(SpillError) as err:
+        _feed(stats, events)
+        list(stats.summaries())
+    assert str(tmp_path / "gone") in str(err.value)
+    assert stats._worker is not None  # it was a flush in the worker that failed
+    stats.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -317,6 +318,9 @@ class UserStats:
         self.first_ts: int | None = None
         self.last_ts: int | None = None
         self._pending = PendingBatches()
+        self._worker: ThreadPoolExecutor | None = None
+        self._inflight: Future | None = None
+        self._inflight_nbytes = 0
         # Whether the lists include every user's plays per artist, not only the top ones (what
         # the recommender learns from); set before the lists are built.
         self.artist_plays = False
@@ -355,7 +359,7 @@ class UserStats:
         strings = self._users.values.nbytes + self._artists.values.nbytes + self._song_ids.values.nbytes
         arrays = self._time.nbytes + self._plays.nbytes + self._artist_plays.nbytes + self._day_counts.nbytes
         counters = self._user_songs.nbytes + self._when.nbytes + self._songs.nbytes
-        return strings + arrays + counters + self._pending.nbytes
+        return strings + arrays + counters + self._pending.nbytes + self._inflight_nbytes
 
     def add_columns(
         self,
@@ -379,11 +383,39 @@ class UserStats:
         self._pending.add(item, len(user_idx))
         self.events += len(user_idx)
         self._lists = None
-        if self._pending.due(len(self._users) + len(self._artists) + len(self._song_ids)):
-            self._flush()
+        # Half as many rows as known strings: a flush builds a table of the known strings, O(known),
+        # so this keeps it O(1) a row; and while one flush runs behind, as many rows again gather,
+        # so what waits is never more than the strings known (3.1M rows at 100M events).
+        if self._pending.due((len(self._users) + len(self._artists) + len(self._song_ids)) // 2):
+            self._flush_behind()
+
+    def _flush_behind(self) -> None:
+        """Map and count what is pending in a thread of its own, while the call's thread goes on
+        receiving: a flush is seconds of Arrow and numpy work (most of it without the GIL), and
+        done inline it held up the client's stream, so MapReduce's too (at 100M events the
+        ingest took 185 s with UserBehavior 66% busy). One flush at a time, in order."""
+        self._wait()
+        items = self._pending.take()
+        if items:
+            self._inflight_nbytes = sum(getattr(part, "nbytes", 0) for item in items for part in item)
+            if self._worker is None:
+                self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="userbehavior-flush")
+            self._inflight = self._worker.submit(self._map_and_count, items)
+
+    def _wait(self) -> None:
+        """Until the flush in flight is done; raises what it raised."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            try:
+                inflight.result()
+            finally:
+                self._inflight_nbytes = 0
 
     def _flush(self) -> None:
-        items = self._pending.take()
+        self._wait()
+        self._map_and_count(self._pending.take())
+
+    def _map_and_count(self, items: list) -> None:
         if not items:
             return
         # One kind of string after the other: mapping users and song ids side by side (Arrow's
@@ -583,7 +615,12 @@ class UserStats:
                 )
 
     def close(self) -> None:
-        """Give back the disk space of what was set aside (the files go with the process anyway)."""
+        """Give back the disk space of what was set aside (the files go with the process anyway),
+        once the flush in flight, if any, is over."""
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None
+        self._inflight = None
         self._counters_file.close()
         self._lists_file.close()
 
