@@ -126,8 +126,8 @@ def test_the_serving_line_says_what_was_configured(tmp_path):
         entry = json.loads(line)
         assert entry["max_streams"] == 3
         assert entry["max_call_bytes"] == 128 << 20  # half the memory limit
-        # What a call may hold before setting state aside on disk, and where: a sixteenth of it.
-        assert entry["spill_after_bytes"] == 8 << 20
+        # What a call may hold before setting state aside on disk, and where: a thirty-second of it.
+        assert entry["spill_after_bytes"] == 4 << 20
         assert entry["spill_dir"] == tempfile.gettempdir()
         assert entry["health_port"] > 0
         assert entry["tls"] is False

@@ -36,10 +36,10 @@ class CallLimits:
     @property
     def memory_budget(self) -> int:
         """What a call's counters and lists may hold in memory before the rest goes to disk: by
-        default a sixteenth of the limit: what the call holds besides (strings, ids, messages
+        default a thirty-second of the limit: what the call holds besides (strings, ids, messages
         waiting to be mapped) and the temporaries of merging and of building the answer come on
         top (measured at 100M events, 1.1M users, with the default 2Gi: a peak under 1 GB)."""
-        return self.spill_after_bytes if self.spill_after_bytes is not None else self.max_call_bytes // 16
+        return self.spill_after_bytes if self.spill_after_bytes is not None else self.max_call_bytes // 32
 
 
 def _port(text: str) -> int:
@@ -173,7 +173,7 @@ SETTINGS = (
         "MUSIC_ANALYTICS_SPILL_AFTER_BYTES",
         _bytes,
         "what a call's counters and per-user lists may hold in memory before the rest is set aside in "
-        "--spill-dir (bytes, or 256Mi; default: a sixteenth of the per-call limit)",
+        "--spill-dir (bytes, or 256Mi; default: a thirty-second of the per-call limit)",
     ),
     Setting(
         "memory_limit_bytes",

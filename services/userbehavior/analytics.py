@@ -286,7 +286,7 @@ class UserStats:
         self,
         timezone: str = "",
         release: Callable[[], None] = lambda: None,
-        memory_budget: int = 128 << 20,
+        memory_budget: int = 64 << 20,
         spill_dir: str | None = None,
     ) -> None:
         self.clock = LocalClock(timezone)
