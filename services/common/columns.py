@@ -319,7 +319,7 @@ class KeyCounter:
             self._runs.append(_weighted_sorted(parts, weights))
         while len(self._runs) > 1 and 2 * len(self._runs[-1][0]) >= len(self._runs[-2][0]):
             newer = self._runs.pop()
-            self._runs.append(_merge_into(self._runs.pop(), newer))
+            self._runs.append(_merge_runs([self._runs.pop(), newer]))
 
     def merged(self, rows: int = 1 << 20, align_bits: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Distinct keys in ascending order with their counts, about ``rows`` keys at a time.
@@ -350,11 +350,6 @@ class KeyCounter:
                     parts.append((keys[a:b], counts[a:b]))
             if parts:
                 yield _merge_runs(parts)
-
-
-def _merge_into(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Merge run ``b`` into run ``a`` (both sorted, distinct): add the counts of shared keys."""
-    return _merge_runs([a, b])
 
 
 def _merge_runs(runs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
