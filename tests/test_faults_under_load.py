@@ -262,7 +262,10 @@ def load_phase(
     if not any(p.recoveries.get("mapreduce") for p in load):
         s.problems["results"].append(f"no pipeline rebuilt a MapReduce shard: the kill of {KILLED} missed every run")
     if terminated_code is None:
-        s.problems["processes"].append(f"{TERMINATED} still running {STOP_TIMEOUT_SECONDS}s after SIGTERM")
+        # Whether it got as far as "stopped" tells a signal never handled from an exit that stalled.
+        tail = fleet.replicas[TERMINATED].log_path.read_text(errors="replace").splitlines()[-80:]
+        s.problems["processes"].append(f"{TERMINATED} still running {STOP_TIMEOUT_SECONDS}s after SIGTERM; "
+                                       "the end of its log:\n" + "\n".join(tail))  # fmt: skip
     elif terminated_code != 0:
         s.problems["processes"].append(f"{TERMINATED} exited {terminated_code} after one SIGTERM, not 0")
     died = {r: p.process.returncode for r, p in fleet.live().items() if p.process.poll() is not None}

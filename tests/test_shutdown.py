@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -94,5 +96,25 @@ def test_sigterm_keeps_serving_new_calls_for_the_shutdown_delay(tmp_path):
         assert time.monotonic() - signalled >= delay
         log = (tmp_path / "mapreduce.log").read_text()
         assert '"shutdown_delay_seconds": 2.0' in log
+    finally:
+        service.stop()
+
+
+def test_sigterm_that_lands_on_a_grpc_thread_still_stops_the_service(tmp_path):
+    """The kernel hands a process's SIGTERM to any of its threads that does not block it; Python
+    runs the handler in the main thread only. Sent by thread id (Linux prefers that thread)."""
+    service = start_service("userbehavior", tmp_path / "userbehavior.log")
+    try:
+        service.wait_serving()
+        pid = service.process.pid
+        threads = {int(tid): (Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip())
+                   for tid in os.listdir(f"/proc/{pid}/task") if int(tid) != pid}  # fmt: skip
+        # gRPC's own threads (its event engine, timers), which run no Python.
+        grpc_threads = [tid for tid, name in threads.items() if name.startswith(("event_engine", "grpc"))]
+        assert grpc_threads, threads
+        os.kill(grpc_threads[0], signal.SIGTERM)
+        assert service.process.wait(20) == 0
+        log = (tmp_path / "userbehavior.log").read_text()
+        assert '"message": "signal received"' in log and '"message": "stopped"' in log
     finally:
         service.stop()

@@ -35,6 +35,10 @@ RESERVED_THREADS = 6
 MAX_REFLECTION_STREAMS = 2
 
 
+# How soon a signal that reached another thread than the main one is acted on (see serve).
+SIGNAL_POLL_SECONDS = 0.25
+
+
 class StartError(OSError):
     """The service could not start (a port in use, say); the message says which and why."""
 
@@ -221,7 +225,11 @@ def serve(spec: ServiceSpec, config: ServerConfig) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     service.start()
-    stopping.wait()
+    # Python runs a signal's handler in the main thread, and only between bytecodes; the kernel may
+    # deliver SIGTERM to any of gRPC's threads, which leaves a main thread blocked in an untimed
+    # wait asleep and the signal unhandled (seen: a replica that never stopped). A timed wait wakes.
+    while not stopping.wait(SIGNAL_POLL_SECONDS):
+        pass
     # One signal stops the service; a second (a supervisor repeating itself) must not kill it
     # mid-drain, nor after "stopped", when the interpreter's exit restores the default handler.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
