@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+from grpc import _server as grpc_server
 
 from music_analytics.services.common.contract import BUSY_DETAILS_PREFIX
 from music_analytics.services.common.metrics import ServiceMetrics, code_name, grpc_type
@@ -122,19 +123,49 @@ class _Call:
             self.slots.give_back()  # type: ignore[union-attr]
 
     def _final_code(self) -> grpc.StatusCode:
-        set_code = self.context.code()
-        if self.completed:
-            return set_code or grpc.StatusCode.OK
-        if set_code not in (None, grpc.StatusCode.OK):
-            return set_code  # the handler aborted with it
-        # The handler neither finished nor chose a code: the client went away, or a bug raised.
-        remaining = self.context.time_remaining()
-        if remaining is not None and remaining <= 0:
-            return grpc.StatusCode.DEADLINE_EXCEEDED
-        if self.raised is None or isinstance(self.raised, grpc.RpcError):
-            # Still running when the RPC ended, or the request stream broke off: a cancel.
-            return grpc.StatusCode.CANCELLED
-        return grpc.StatusCode.UNKNOWN
+        # A handler that finished on a call the core reports cancelled did not answer: it read the
+        # cancel as the end of the request stream (see _core_cancelled).
+        completed = self.completed and not _core_cancelled(self.context)
+        return end_code(completed, self.context.code(), self.context.time_remaining(), self.raised)
+
+
+def _core_cancelled(context: grpc.ServicerContext) -> bool:
+    """Whether gRPC's core reported the ended call cancelled (by the client, its deadline, or the
+    server stopping). grpc's sync server can hand a handler the end of a client's request stream
+    when the client in fact cancelled (its empty read can complete before the cancel is seen), so
+    the handler finishes as if answered; only the core's report of the close, which the
+    termination callback always follows, tells. No public API exposes it, hence the private read;
+    on a grpc without it the answer is False, what it was before."""
+    state = getattr(context, "_state", None)
+    return getattr(state, "client", None) == _GRPC_CANCELLED
+
+
+_GRPC_CANCELLED = getattr(grpc_server, "_CANCELLED", object())
+
+
+# A client's deadline runs from when it sent the call, the server's from when the headers arrived,
+# so the client's fires first and its cancel reaches the server a millisecond or two before the
+# server's own deadline (gRPC's core, deciding with no margin, then says CANCELLED). A call that
+# ends this close to its deadline ended by it.
+DEADLINE_MARGIN_SECONDS = 0.1
+
+
+def end_code(
+    completed: bool, set_code: grpc.StatusCode | None, remaining: float | None, raised: BaseException | None
+) -> grpc.StatusCode:
+    """The code a call ended with: what the handler set if it finished or aborted; else, with its
+    deadline (``remaining`` seconds away) at hand DEADLINE_EXCEEDED, a client gone or a request
+    stream broken off CANCELLED, and UNKNOWN for a bug that raised."""
+    if completed:
+        return set_code or grpc.StatusCode.OK
+    if set_code not in (None, grpc.StatusCode.OK):
+        return set_code  # the handler aborted with it
+    if remaining is not None and remaining <= DEADLINE_MARGIN_SECONDS:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    if raised is None or isinstance(raised, grpc.RpcError):
+        # Still running when the RPC ended, or the request stream broke off: a cancel.
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN
 
 
 class CallInterceptor(grpc.ServerInterceptor):
