@@ -599,8 +599,11 @@ def test_monitoring_objects_apply_and_prometheus_scrapes_every_pod(cluster: Clus
     }, f"build.sh keeps the pinned prometheus-operator CRDs in {crd_dir}"
     for path in crds:
         c.kubectl("apply", "--server-side", "-f", str(path))
-    c.kubectl("wait", "--for=condition=established", "--timeout=60s",
-              "crd/servicemonitors.monitoring.coreos.com", "crd/prometheusrules.monitoring.coreos.com")  # fmt: skip
+    # Retried: `kubectl wait` fails at once ("status.conditions accessor error") on a CRD whose
+    # status the API server has not written yet, rather than waiting for it.
+    wait_until("the CRDs established", lambda: c.kubectl(
+        "wait", "--for=condition=established", "--timeout=5s", "crd/servicemonitors.monitoring.coreos.com",
+        "crd/prometheusrules.monitoring.coreos.com", check=False).returncode == 0, 60, 1)  # fmt: skip
     evidence["crds"] = [p.name for p in crds]
 
     prometheus_bin, pushgateway_bin = require_binary("prometheus"), require_binary("prometheus-pushgateway")

@@ -293,7 +293,9 @@ install_crds() {
         return 0
     fi
     kc apply --server-side -f "$BIN_DIR/crds/" >/dev/null
-    kc wait --for=condition=Established --timeout=60s -f "$BIN_DIR/crds/" >/dev/null
+    # Retried: `kubectl wait` fails at once ("status.conditions accessor error") on a CRD whose
+    # status the API server has not written yet, rather than waiting for it.
+    wait_for kube-apiserver 60 kc wait --for=condition=Established --timeout=5s -f "$BIN_DIR/crds/"
 }
 
 start_node() {
