@@ -104,7 +104,7 @@ def test_a_refusal_is_not_tried_again_and_a_missing_pod_is_fine(api):
     assert "pod userbehavior-test not found" in done.stdout
 
 
-def test_an_api_server_that_stays_away_is_given_up_on_in_time(api, tmp_path):
+def test_an_api_server_that_stays_away_is_given_up_on_in_time(api):
     server, account = api
     port = server.port
     server.server.shutdown()

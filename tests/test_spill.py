@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 import pytest
 
 from music_analytics.client.demo import LocalServices, start_service
@@ -128,7 +129,7 @@ def _summaries(stats: UserStats) -> list[dict]:
 
 
 def _feed(stats: UserStats, path: Path) -> None:
-    table = pa.csv.read_csv(path)
+    table = pa_csv.read_csv(path)
     ts = pc.cast(pc.cast(table["timestamp"], pa.timestamp("s", tz="UTC")), pa.int64()).to_numpy()
     for start in range(0, table.num_rows, 7000):
         part = table.slice(start, 7000)
@@ -143,8 +144,6 @@ def _feed(stats: UserStats, path: Path) -> None:
 
 
 def test_user_summaries_are_the_same_spilled_or_not(events, tmp_path, monkeypatch):
-    import pyarrow.csv  # noqa: F401 (pa.csv)
-
     held = UserStats("Europe/Berlin")
     held.artist_plays = True
     _feed(held, events)
@@ -256,8 +255,6 @@ def test_a_disk_that_refuses_the_spill_fails_the_call_and_the_service_serves_on(
 
 
 def test_summaries_go_in_messages_under_the_limit_whatever_the_users(events):
-    import pyarrow.csv  # noqa: F401 (pa.csv)
-
     from music_analytics.services.userbehavior.servicer import sized_messages, summaries_message
 
     stats = UserStats("UTC")
@@ -277,8 +274,6 @@ def test_summaries_go_in_messages_under_the_limit_whatever_the_users(events):
 
 
 def test_a_spill_that_fails_behind_the_feeding_thread_fails_the_call(events, tmp_path, monkeypatch):
-    import pyarrow.csv  # noqa: F401 (pa.csv)
-
     monkeypatch.setattr(PendingBatches, "MIN_ROWS", 5000)
     stats = UserStats("UTC", memory_budget=100_000, spill_dir=str(tmp_path / "gone"))
     with pytest.raises(SpillError) as err:
